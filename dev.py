@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""The project's commands, with nothing but Python 3.11+ and git: ``python3 dev.py run|test|lab|...``.
+
+Each command creates ``.venv`` and installs the project into it first
+(again only when ``pyproject.toml`` changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".claimcheck-installed"
+DEMO_PEPPER = "claimcheck-demo-pepper"
+
+
+def ensure_venv() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"claimcheck needs Python 3.11+, this is {sys.version.split()[0]}")
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == digest:
+        return
+    if not (BIN / "python").exists():
+        print(f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    print("installing claimcheck and its dependencies into .venv", flush=True)
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-e", f"{ROOT}[all]"], check=True)
+    STAMP.write_text(digest)
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    # The demo and the tests set a pepper explicitly; a deployment must bring its own.
+    e.setdefault("HARNESS_AT_REST_PEPPER", DEMO_PEPPER)
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
+    e.setdefault("MPLBACKEND", "Agg")
+    return e
+
+
+def sh(*args: str) -> int:
+    print("+", " ".join(args), flush=True)
+    return subprocess.run(args, cwd=ROOT, env=env()).returncode
+
+
+def cmd_run(extra: list[str]) -> int:
+    """The main job: a short end-to-end demonstration on the embedded database."""
+    return sh(str(BIN / "harness"), "demo", *extra)
+
+
+def cmd_lint(extra: list[str]) -> int:
+    return sh(str(BIN / "ruff"), "check", ".") or sh(str(BIN / "mypy"))
+
+
+def cmd_test(extra: list[str]) -> int:
+    """Lint, type-check, then every test (unit, integration, notebooks, Locust)."""
+    status = cmd_lint([])
+    if status:
+        return status
+    status = sh(str(BIN / "python"), "-m", "pytest", *extra)
+    if status == 5:
+        print("pytest collected no tests: that is a failure, not a pass", file=sys.stderr)
+        return 1
+    return status
+
+
+COMMANDS = {"run": cmd_run, "test": cmd_test, "lint": cmd_lint}
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(f"usage: python3 dev.py {{{'|'.join(COMMANDS)}}} [args...]", file=sys.stderr)
+        return 2
+    ensure_venv()
+    return COMMANDS[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

