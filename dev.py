@@ -22,7 +22,7 @@ DEMO_PEPPER = "claimcheck-demo-pepper"
 
 
 def ensure_venv() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit(f"claimcheck needs Python 3.11+, this is {sys.version.split()[0]}")
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == digest:
@@ -52,7 +52,10 @@ def sh(*args: str) -> int:
 
 
 def cmd_run(extra: list[str]) -> int:
-    """The main job: a short end-to-end demonstration on the embedded database."""
+    """The main job: scan faithful, hardened and naive side by side, then race faithful and naive.
+
+    Exits 0 only when every target behaves as expected (``harness demo``).
+    """
     return sh(str(BIN / "harness"), "demo", *extra)
 
 
@@ -69,10 +72,41 @@ def cmd_test(extra: list[str]) -> int:
     if status == 5:
         print("pytest collected no tests: that is a failure, not a pass", file=sys.stderr)
         return 1
+    if extra:
+        # Arguments select tests; the notebook suite runs with the full test run.
+        return status
+    return cmd_notebooks([]) or status
+
+
+NBVAL = ["--nbval", "notebooks/", "--nbval-sanitize-with", "notebooks/sanitize.cfg", "--nbval-current-env",
+         "-p", "no:cacheprovider"]
+
+
+def ensure_kernel() -> None:
+    """The notebooks' kernelspec ``python3`` must be this venv's ipykernel."""
+    if not (VENV / "share" / "jupyter" / "kernels" / "python3" / "kernel.json").exists():
+        subprocess.run([str(BIN / "python"), "-m", "ipykernel", "install", "--sys-prefix"],
+                       check=True, stdout=subprocess.DEVNULL)
+
+
+def cmd_notebooks(extra: list[str]) -> int:
+    """Strict nbval over notebooks/: every cell re-run, outputs compared after sanitising."""
+    ensure_kernel()
+    status = sh(str(BIN / "python"), "-m", "pytest", *NBVAL, *extra)
+    if status == 5:
+        print("nbval collected no notebooks: that is a failure, not a pass", file=sys.stderr)
+        return 1
     return status
 
 
-COMMANDS = {"run": cmd_run, "test": cmd_test, "lint": cmd_lint}
+def cmd_lab(extra: list[str]) -> int:
+    """JupyterLab on notebooks/ with the embedded database running (``harness lab``)."""
+    ensure_kernel()
+    return sh(str(BIN / "harness"), "lab", *extra)
+
+
+COMMANDS = {"run": cmd_run, "test": cmd_test, "lint": cmd_lint, "lab": cmd_lab,
+            "notebooks": cmd_notebooks}
 
 
 def main() -> int:

@@ -21,7 +21,8 @@ from harness.settings import Settings
 log = logging.getLogger(__name__)
 
 #: The seed's tables, emptied by ``reset()`` (harness_ tables included).
-TABLES = ("oauth_auth_codes", "oauth_refresh_tokens", "oauth_clients", "users", "harness_ledger")
+TABLES = ("oauth_auth_codes", "oauth_refresh_tokens", "oauth_clients", "users", "harness_ledger",
+          "harness_ledger_attempts", "harness_ledger_workers")
 CONNECT_TIMEOUT_S = 3
 _MIGRATION_LOCK = 7_363_736  # pg_advisory_lock key: concurrent migrate() calls serialise
 

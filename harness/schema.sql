@@ -70,3 +70,28 @@ CREATE TABLE IF NOT EXISTS harness_ledger (
     finished_ns BIGINT
 );
 CREATE INDEX IF NOT EXISTS idx_harness_ledger_run_code ON harness_ledger(run_id, code_index);
+
+-- Every attempt of a Locust run (won, lost, error), flushed in batches by each Locust process;
+-- the ledger above is written at once, win by win.
+CREATE TABLE IF NOT EXISTS harness_ledger_attempts (
+    run_id      TEXT NOT NULL,
+    worker      TEXT NOT NULL,
+    racer       TEXT NOT NULL,
+    code_index  BIGINT NOT NULL,
+    outcome     TEXT NOT NULL CHECK (outcome IN ('won', 'lost', 'error')),
+    started_ns  BIGINT NOT NULL,
+    finished_ns BIGINT NOT NULL,
+    detail      TEXT
+);
+CREATE INDEX IF NOT EXISTS idx_harness_ledger_attempts_run ON harness_ledger_attempts(run_id);
+
+-- One row per Locust process and run: 'started' at its test_start, 'finished' once its attempts
+-- are all flushed, so the checker knows when every worker has reported.
+CREATE TABLE IF NOT EXISTS harness_ledger_workers (
+    run_id      TEXT NOT NULL,
+    worker      TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('started', 'finished')),
+    attempts    BIGINT NOT NULL DEFAULT 0,
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (run_id, worker)
+);

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,13 @@ from harness.repository import AuthCodeParams, OAuthRepository, RefreshTokenPara
 from harness.testing.plugin import CLIENT, USER
 
 REDIRECT = "https://client.example/cb"
+
+
+def embedded_env(data_dir: Path) -> dict[str, str]:
+    """The environment of a process that must use its own embedded server in ``data_dir``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DATABASE_URL", "DATABASE_URL")}
+    env["HARNESS_DATA_DIR"] = str(data_dir)
+    return env
 
 
 def public_tables(db: Database) -> list[str]:
@@ -81,7 +90,7 @@ StoreToken = Callable[..., str]
 
 @pytest.fixture
 def store_token(faithful: OAuthRepository) -> StoreToken:
-    """``store_token(token="rt-1", family_id=None, ttl_s=3600, client_id="client-a")``; returns the family id."""
+    """``store_token("rt-1", family_id=None, ttl_s=3600, client_id=CLIENT)``; returns the family."""
 
     def store(token: str = "rt-1", *, family_id: str | None = None, ttl_s: float = 3600,
               client_id: str = CLIENT) -> str:
@@ -90,7 +99,3 @@ def store_token(faithful: OAuthRepository) -> StoreToken:
             expires_at=faithful.clock.now() + timedelta(seconds=ttl_s), family_id=family_id))
 
     return store
-
-
-def utc(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)

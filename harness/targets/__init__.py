@@ -18,6 +18,7 @@ Factory = Callable[..., Any]
 #: Shipped targets: name → "module:factory".
 BUILTIN: dict[str, str] = {
     "faithful": "harness.targets.faithful:make",
+    "hardened": "harness.targets.hardened:make",
     "naive": "harness.targets.naive:make",
 }
 

@@ -1,19 +1,67 @@
-"""The ``naive`` target: the negative control.
+"""The ``naive`` target: the negative control, a repository with the bugs real ones have had.
 
-Identical to the faithful port except for the claim: it reads the row with
-``used_at IS NULL``, then marks it used with an UPDATE that does not re-check
-``used_at``. At READ COMMITTED two callers can both read the unused row and
-both "win". A race check that does not catch this target proves nothing.
+Its first job is the race: the claim reads the row with ``used_at IS NULL``,
+then marks it used with an UPDATE that does not re-check ``used_at``. At READ
+COMMITTED two callers can both read the unused row and both "win". A race
+check that does not catch this target proves nothing.
+
+Its second job is to show that every other check can fail: a check that
+passes on every shipped target proves nothing either. So each of the bugs
+below is one a real implementation has shipped, and each is caught by the
+check named after it (``harness scan --target naive``):
+
+* non-atomic code claim (SELECT, then UPDATE) → ``code.single-use``, ``race.single-winner``;
+* S256 computed with standard, padded base64 instead of BASE64URL without padding
+  (RFC 7636 §4.2) → ``pkce.appendix-b``, ``pkce.right-verifier``;
+* the "fix" for the failures that causes: fall back to ``plain`` (verifier == challenge),
+  compared with ``==`` → ``pkce.wrong-verifier``, ``pkce.plain``, ``pkce.constant-time``;
+* PKCE checked only when a verifier is sent → ``pkce.missing-verifier``;
+* redirect URI compared as a prefix (RFC 9700 §2.1 wants exact matching) → ``code.redirect-mismatch``;
+* a one-hour code lifetime (RFC 6749 §4.1.2 recommends at most 10 minutes) → ``code.expiry``;
+* "helpful" errors that say whether a code is unknown, used or expired → ``code.indistinguishable``;
+* revocation removes the one token involved, not its family → ``replay.revokes-family``,
+  ``replay.cross-client``, ``refresh.rotation``;
+* a non-atomic refresh-token claim whose SELECT forgets the expiry and the client
+  → ``refresh.concurrent``, ``refresh.expiry``, ``refresh.client-binding``;
+* a new family named after the raw first refresh token → ``at-rest.no-raw-secrets``, ``at-rest.digest``;
+* a built-in default pepper when none is configured → ``at-rest.pepper``.
+
+It keeps every gap of the faithful port as well (client id ignored, raw code
+in the replay log line, …).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import base64
+import hashlib
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, ClassVar
 
-from harness.claims import Isolation, Strategy
+from harness.at_rest import hash_at_rest
+from harness.claims import _MARK_USED, _SELECT_UNUSED, CodeRow, Isolation, Strategy
 from harness.database import Database
-from harness.repository import OAuthRepository
+from harness.errors import INVALID_REFRESH_TOKEN, TokenInvalidError, ValidationError
+from harness.logs import warn
+from harness.repository import (
+    AuthCodeValidationResult,
+    OAuthRepository,
+    RefreshTokenClaim,
+    RefreshTokenParams,
+    check_input,
+    database_errors,
+    log,
+)
+
+#: The development pepper left in the code "for convenience".
+DEFAULT_PEPPER = "changeme"
+
+_HELPFUL = {
+    "unknown code": "Authorization code not found",
+    "replayed code": "Authorization code already used",
+    "unclaimable code": "Authorization code already used",
+    "expired": "Authorization code expired",
+}
 
 
 @dataclass
@@ -22,6 +70,95 @@ class NaiveRepository(OAuthRepository):
     claim_isolation: Isolation = Isolation.READ_COMMITTED
 
     name = "naive"
+    auth_code_ttl_s: ClassVar[float] = 3600
+
+    def hash(self, value: str) -> str:
+        return hash_at_rest(value, self.pepper or DEFAULT_PEPPER)
+
+    def _claim(self, code_hash: str, now: datetime) -> CodeRow | None:
+        if not self.hooks or self.claim_isolation is not Isolation.READ_COMMITTED:
+            return super()._claim(code_hash, now)
+        # The same SELECT-then-UPDATE as harness.claims' naive strategy, with a step hook in the
+        # gap so a scenario can put a second request exactly there.
+        with database_errors(), self.db.write_pool.connection() as conn:
+            raw = conn.execute(_SELECT_UNUSED, (code_hash,)).fetchone()
+            if raw is None:
+                return None
+            self._step("between_read_and_write")
+            conn.execute(_MARK_USED, (now, code_hash))
+            return CodeRow(*raw)
+
+    def validate_authorization_code(
+        self,
+        code: str,
+        client_id: str,
+        redirect_uri: str | None = None,
+        code_verifier: str | None = None,
+    ) -> AuthCodeValidationResult:
+        self._check_inputs(code, client_id, redirect_uri, code_verifier)
+        now = self.clock.now()
+        code_hash = self.hash(code)
+        row = self._claim(code_hash, now)
+        self._step("after_claim")
+        try:
+            if row is None:
+                return self._handle_unclaimable_auth_code(code, code_hash)
+            if row.expires_at < now:
+                raise ValidationError("Invalid authorization code", detail="expired")
+            if redirect_uri is not None and not redirect_uri.startswith(row.redirect_uri):
+                raise ValidationError("Invalid authorization code", detail="redirect_uri mismatch")
+            if row.code_challenge is not None:
+                self._verify_pkce(row, code_verifier)
+        except ValidationError as exc:
+            raise ValidationError(_HELPFUL.get(exc.detail, exc.message), detail=exc.detail) from None
+        return AuthCodeValidationResult(user_id=row.user_id, scope=row.scope, resource=row.resource)
+
+    def _verify_pkce(self, row: CodeRow, code_verifier: str | None) -> None:
+        if code_verifier is None:
+            return
+        digest = hashlib.sha256(code_verifier.encode()).digest()
+        computed = base64.b64encode(digest).decode()
+        if computed == row.code_challenge or code_verifier == row.code_challenge:
+            return
+        warn(log, "PKCE validation failed")
+        raise ValidationError("Invalid authorization code", detail="PKCE verifier mismatch")
+
+    def _revoke_after_replay(self, code: str, rt_id: str | None) -> None:
+        warn(log, "Authorization code replay detected; revoking its refresh token",
+             event="auth_code_replay_detected", code=code)
+        if rt_id is not None:
+            with self.db.write_pool.connection() as conn:
+                conn.execute("DELETE FROM oauth_refresh_tokens WHERE token_id = %s", (rt_id,))
+
+    def store_refresh_token(self, params: RefreshTokenParams) -> str:
+        if params.family_id is None:
+            params = replace(params, family_id=params.token_id)
+        return super().store_refresh_token(params)
+
+    def consume_refresh_token(self, token_id: str, client_id: str) -> RefreshTokenClaim:
+        check_input(token_id, what="token_id", message=INVALID_REFRESH_TOKEN)
+        check_input(client_id, what="client_id", message=INVALID_REFRESH_TOKEN)
+        now = self.clock.now()
+        token_hash = self.hash(token_id)
+        with database_errors():
+            with self.db.write_pool.connection() as conn:
+                raw: Any = conn.execute(
+                    "SELECT user_id, scope, family_id, resource FROM oauth_refresh_tokens "
+                    "WHERE token_id = %s AND consumed_at IS NULL", (token_hash,)).fetchone()
+                if raw is not None:
+                    self._step("between_read_and_write")
+                    conn.execute("UPDATE oauth_refresh_tokens SET consumed_at = %s WHERE token_id = %s",
+                                 (now, token_hash))
+                    return RefreshTokenClaim(user_id=raw[0], scope=raw[1], family_id=raw[2], resource=raw[3])
+            with self.db.read_pool.connection() as conn:
+                existing = conn.execute("SELECT consumed_at FROM oauth_refresh_tokens WHERE token_id = %s",
+                                        (token_hash,)).fetchone()
+            if existing is None:
+                raise TokenInvalidError(INVALID_REFRESH_TOKEN, detail="unknown token")
+            with self.db.write_pool.connection() as conn:
+                conn.execute("DELETE FROM oauth_refresh_tokens WHERE token_id = %s", (token_hash,))
+            warn(log, "Refresh token reuse detected; revoked the token")
+            raise TokenInvalidError(INVALID_REFRESH_TOKEN, detail="reused token")
 
 
 def make(db: Database, **kwargs: Any) -> NaiveRepository:

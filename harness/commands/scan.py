@@ -1,0 +1,96 @@
+"""``harness scan``: run the check catalogue on one target or all shipped ones and report the findings.
+
+Exit status: 0 every check holds (or is not applicable); 1 at least one check is violated;
+2 usage or setup error (unknown target or check, unreachable database, no pepper, unwritable
+output) or, with nothing violated, a check that could not run (verdict ``error``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.checks import SHIPPED_TARGETS, CheckResult, catalogue_frame, scan, select
+from harness.cli import EXIT_OK, EXIT_USAGE, EXIT_VIOLATED
+from harness.database import connect
+from harness.errors import SetupError
+from harness.report import FORMATS, render, summary_line
+from harness.settings import Settings
+from harness.targets import known_targets
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "scan",
+        help="run the check catalogue on a target and report the findings",
+        description="Run every check (PKCE, codes, replay and families, refresh rotation, at rest, "
+                    "concurrency) on a fresh instance of the target and print the verdicts.",
+        epilog="Exit status: 0 nothing violated, 1 a check violated, 2 usage or setup error "
+               "(or a check that could not run). JSON: one object {\"target\", \"checks\"} per "
+               "target; with --all-targets a list of them.",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--target", default=None,
+                       help=f"target: {', '.join(known_targets())} or package.module:factory "
+                            "(default HARNESS_TARGET or faithful)")
+    where.add_argument("--all-targets", action="store_true",
+                       help=f"scan every shipped target ({', '.join(SHIPPED_TARGETS)}), side by side")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="report format (default table)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="write the report to FILE instead of stdout")
+    parser.add_argument("--only", nargs="+", metavar="ID", default=None,
+                        help="only these checks: ids or theme prefixes (e.g. pkce replay.cross-client)")
+    parser.add_argument("--pepper", default=None, help="at-rest pepper (default HARNESS_AT_REST_PEPPER)")
+    parser.add_argument("--keep-rows", action="store_true",
+                        help="keep the clients, codes and tokens the checks created (default: delete them)")
+    parser.add_argument("--list", action="store_true", help="list the checks and exit")
+    parser.set_defaults(handler=run)
+
+
+def exit_status(results: list[CheckResult]) -> int:
+    verdicts = {r.verdict for r in results}
+    if "violated" in verdicts:
+        return EXIT_VIOLATED
+    if "error" in verdicts:
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        print(catalogue_frame()[["id", "severity", "source", "title"]].to_string(index=False))
+        return EXIT_OK
+    only = select(args.only)  # unknown check ids fail here, before any database work
+    targets = list(SHIPPED_TARGETS) if args.all_targets else [args.target or Settings.from_env().target]
+    pepper = args.pepper or Settings.from_env().pepper
+    if not pepper:
+        raise SetupError("no at-rest pepper: set HARNESS_AT_REST_PEPPER or pass --pepper")
+    if args.output is not None and not args.output.parent.exists():
+        raise SetupError(f"cannot write {args.output}: directory {args.output.parent} does not exist")
+    results: list[CheckResult] = []
+    started = time.monotonic()
+    with connect() as db:
+        for target in targets:
+            t0 = time.monotonic()
+            found = scan(db, target, only=only, pepper=pepper, cleanup=not args.keep_rows)
+            results += found
+            print(f"scanned {target}: {len(found)} checks in {time.monotonic() - t0:.1f} s",
+                  file=sys.stderr)
+    command = " ".join(["harness scan", "--all-targets" if args.all_targets else f"--target {targets[0]}",
+                        f"--format {args.format}", *(["--only", *args.only] if args.only else []),
+                        *([f"--output {args.output}"] if args.output else [])])
+    report = render(results, args.format, all_targets=args.all_targets, command=command)
+    if args.output is not None:
+        try:
+            args.output.write_text(report)
+        except OSError as exc:
+            raise SetupError(f"cannot write {args.output}: {exc.strerror}") from exc
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(report)
+    print(f"{summary_line(results)} ({len(only)} checks per target, {time.monotonic() - started:.1f} s)",
+          file=sys.stderr)
+    return exit_status(results)

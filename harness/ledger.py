@@ -1,0 +1,245 @@
+"""The load ledger: a Locust run's wins and attempts in ``harness_ledger*`` tables, and a pure checker."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import psycopg
+
+from harness.at_rest import hash_at_rest
+from harness.checkers import Result, overlap, single_winner
+from harness.history import History, Op
+
+Outcome = Literal["won", "lost", "error"]
+#: A Locust outcome as a Jepsen completion: a lost exchange definitely did not happen; an
+#: error (lost connection, 500) may have, so it is indeterminate.
+OP_TYPE: dict[str, Literal["ok", "fail", "info"]] = {"won": "ok", "lost": "fail", "error": "info"}
+#: Exit statuses of a judged run (the CLI's convention): 0 holds, 1 violated, 2 nothing raced.
+EXIT_HOLDS, EXIT_VIOLATED, EXIT_INCONCLUSIVE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Win:
+    """One ``harness_ledger`` row: ``winner`` won code ``code_index`` (times: ``time.time_ns()``)."""
+
+    code_index: int
+    code_hash: str
+    winner: str
+    started_ns: int
+    finished_ns: int
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One ``harness_ledger_attempts`` row: an exchange by ``racer`` in Locust process ``worker``."""
+
+    worker: str
+    racer: str
+    code_index: int
+    outcome: Outcome
+    started_ns: int
+    finished_ns: int
+    detail: str | None = None
+
+
+def code_digest(code: str, pepper: str | bytes | None) -> str:
+    """The code's at-rest digest: the very value of ``oauth_auth_codes.code``, so the two tables join."""
+    return hash_at_rest(code, pepper)
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def record_win(conn: psycopg.Connection[Any], run_id: str, win: Win) -> None:
+    """Write one win at once (not batched): a win must survive its process being killed next."""
+    conn.execute(
+        "INSERT INTO harness_ledger (run_id, code_index, code_hash, winner, started_ns, finished_ns) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (run_id, win.code_index, win.code_hash, win.winner, win.started_ns, win.finished_ns),
+    )
+
+
+def write_attempts(conn: psycopg.Connection[Any], run_id: str, attempts: Iterable[Attempt]) -> int:
+    """COPY a batch of attempts; return how many."""
+    count = 0
+    with conn.cursor() as cur, cur.copy(
+        "COPY harness_ledger_attempts (run_id, worker, racer, code_index, outcome, started_ns, "
+        "finished_ns, detail) FROM STDIN"
+    ) as copy:
+        for a in attempts:
+            copy.write_row((run_id, a.worker, a.racer, a.code_index, a.outcome, a.started_ns,
+                            a.finished_ns, a.detail))
+            count += 1
+    return count
+
+
+def mark_worker(conn: psycopg.Connection[Any], run_id: str, worker: str, state: str,
+                attempts: int = 0) -> None:
+    """Record that a Locust process ``started`` a run or ``finished`` flushing it."""
+    conn.execute(
+        "INSERT INTO harness_ledger_workers (run_id, worker, state, attempts) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (run_id, worker) DO UPDATE SET state = EXCLUDED.state, "
+        "attempts = EXCLUDED.attempts, updated_at = clock_timestamp()",
+        (run_id, worker, state, attempts),
+    )
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def worker_states(conn: psycopg.Connection[Any], run_id: str) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT worker, state FROM harness_ledger_workers WHERE run_id = %s", (run_id,)
+    ).fetchall()
+    return {str(w): str(s) for w, s in rows}
+
+
+def read_run(conn: psycopg.Connection[Any], run_id: str) -> tuple[list[Win], list[Attempt]]:
+    """The wins and the attempts of a run."""
+    wins = [
+        Win(int(i), str(h), str(w), int(s or 0), int(f or 0))
+        for i, h, w, s, f in conn.execute(
+            "SELECT code_index, code_hash, winner, started_ns, finished_ns FROM harness_ledger "
+            "WHERE run_id = %s ORDER BY code_index, started_ns",
+            (run_id,),
+        )
+    ]
+    attempts = [
+        Attempt(str(w), str(r), int(i), o, int(s), int(f), d)
+        for w, r, i, o, s, f, d in conn.execute(
+            "SELECT worker, racer, code_index, outcome, started_ns, finished_ns, detail "
+            "FROM harness_ledger_attempts WHERE run_id = %s",
+            (run_id,),
+        )
+    ]
+    return wins, attempts
+
+
+# -- judging (pure) -----------------------------------------------------------------------------
+
+
+def to_history(attempts: Iterable[Attempt]) -> History:
+    """The attempts as a Jepsen history (``exchange`` ops keyed by ``code``), one process per racer."""
+    ops: list[Op] = []
+    for a in attempts:
+        process = f"{a.worker}/{a.racer}"
+        value = {"code": a.code_index}
+        ops.append(Op(process, "invoke", "exchange", value, a.started_ns))
+        ops.append(Op(process, OP_TYPE[a.outcome], "exchange", value, a.finished_ns, a.detail))
+    return History(ops)
+
+
+def check(wins: Sequence[Win], attempts: Sequence[Attempt], *, unfinished_workers: Sequence[str] = ()
+          ) -> Result:
+    """Judge a run: no code won twice (by the ledger or by the racers' own outcomes), and a real race.
+
+    ``valid`` is False on any double win. ``summary["status"]`` is ``holds``,
+    ``violated``, or ``inconclusive`` when no code had two attempts in flight
+    at once or nobody won anything (such a run proves nothing). Codes that nobody won
+    are counted, not failed: a run stopped mid-exchange leaves such codes.
+    """
+    by_code: dict[int, list[Win]] = defaultdict(list)
+    for w in wins:
+        by_code[w.code_index].append(w)
+    history = to_history(attempts)
+    racers = single_winner(history, require_winner=True)
+    raced = overlap(history)
+    double_codes = {i for i, ws in by_code.items() if len(ws) > 1}
+    double_codes |= {int(row["code"]) for row in racers.evidence if row["problem"] == "won more than once"}
+    no_winner = sorted(
+        int(row["code"]) for row in racers.evidence
+        if row["problem"] == "no winner" and int(row["code"]) not in by_code
+    )
+    outcomes: dict[str, int] = defaultdict(int)
+    won_by_racers: dict[int, int] = defaultdict(int)
+    per_worker: dict[str, dict[str, int]] = defaultdict(lambda: {"attempts": 0, "wins": 0})
+    for a in attempts:
+        outcomes[a.outcome] += 1
+        per_worker[a.worker]["attempts"] += 1
+        if a.outcome == "won":
+            won_by_racers[a.code_index] += 1
+    for w in wins:
+        per_worker[w.winner.rpartition("/")[0] or w.winner]["wins"] += 1
+    evidence = [
+        {
+            "code_index": i,
+            "wins": max(len(by_code.get(i, [])), won_by_racers.get(i, 0)),
+            "winners": sorted(w.winner for w in by_code.get(i, [])),
+            "code_hash": by_code[i][0].code_hash if by_code.get(i) else None,
+        }
+        for i in sorted(double_codes)
+    ]
+    codes_raced = int(raced.summary["keys_raced"])
+    if double_codes:
+        status = "violated"
+    elif codes_raced == 0 or not wins:
+        status = "inconclusive"
+    else:
+        status = "holds"
+    summary: dict[str, Any] = {
+        "status": status,
+        "wins": len(wins),
+        "losses": outcomes["lost"],
+        "errors": outcomes["error"],
+        "attempts": len(attempts),
+        "attempts_won": outcomes["won"],
+        "codes": int(raced.summary["keys"]),
+        "codes_won": len(by_code),
+        "codes_raced": codes_raced,
+        "raced_fraction": round(float(raced.summary["raced_fraction"]), 4),
+        "median_spread_us": raced.summary["median_spread_us"],
+        "max_in_flight": raced.summary["max_in_flight"],
+        "double_won": len(double_codes),
+        "double_won_codes": sorted(double_codes),
+        "no_winner": len(no_winner),
+        "no_winner_codes": no_winner[:20],
+        "unfinished_workers": sorted(unfinished_workers),
+        "workers": {name: dict(counts) for name, counts in sorted(per_worker.items())},
+    }
+    return Result(valid=not double_codes, summary=summary, evidence=evidence)
+
+
+def exit_status(result: Result) -> int:
+    """0 holds, 1 a code was won twice, 2 nothing raced (not a pass)."""
+    if not result.valid:
+        return EXIT_VIOLATED
+    return EXIT_INCONCLUSIVE if result.summary.get("status") == "inconclusive" else EXIT_HOLDS
+
+
+def render(result: Result, *, target: str = "?", run_id: str = "?") -> str:
+    """The verdict as a few human lines (what Locust prints at the end of a run)."""
+    s = result.summary
+    head = {"holds": "HOLDS: no code was won twice",
+            "violated": f"VIOLATED: {s['double_won']} code(s) won more than once",
+            "inconclusive": "INCONCLUSIVE: no code was both raced (two attempts in flight at "
+                            "once) and won; nothing proven"}[s["status"]]
+    lines = [
+        f"single-winner verdict (target {target}, run {run_id}): {head}",
+        f"  wins {s['wins']}  losses {s['losses']}  errors {s['errors']}  attempts {s['attempts']}",
+        f"  codes attempted {s['codes']}  codes raced {s['codes_raced']} "
+        f"({s['raced_fraction']:.0%})  max in flight {s['max_in_flight']}  "
+        f"median start spread {s['median_spread_us']} µs",
+    ]
+    if s["no_winner"]:
+        lines.append(f"  codes nobody won (reported, not failed): {s['no_winner']}")
+    if len(s["workers"]) > 1:
+        lines.append("  per worker: " + ", ".join(
+            f"{name} {c['wins']} wins / {c['attempts']} attempts" for name, c in s["workers"].items()))
+    if s["unfinished_workers"]:
+        lines.append(f"  workers that never finished reporting: {', '.join(s['unfinished_workers'])}")
+    for row in result.evidence[:20]:
+        winners = ", ".join(row["winners"][:4]) + (", …" if len(row["winners"]) > 4 else "")
+        lines.append(f"  double win: code index {row['code_index']} won {row['wins']} times "
+                     f"(by {winners})")
+    if len(result.evidence) > 20:
+        lines.append(f"  ... and {len(result.evidence) - 20} more double-won codes")
+    return "\n".join(lines)
+
+
+def to_json(result: Result, **extra: Any) -> str:
+    """The verdict as one JSON object (for ``--verdict-file``)."""
+    return json.dumps({**extra, **asdict(result)}, default=str)

@@ -1,0 +1,276 @@
+"""Locust for real: short headless runs (database, HTTP, distributed) judged by the ledger checker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.database import Database
+from harness.ledger import Attempt, Win, check, exit_status, render
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+LOCUST = [str(BIN / "locust"), "--config", str(ROOT / "load" / "locust.conf"),
+          "-f", str(ROOT / "load" / "locustfile.py")]
+RUN_S = 4
+
+pytestmark = pytest.mark.slow
+
+
+# -- the checker, pure -------------------------------------------------------------------------
+
+
+def _attempt(code: int, outcome: str, start: int, end: int, racer: str = "r") -> Attempt:
+    return Attempt("w", racer, code, outcome, start, end)  # type: ignore[arg-type]
+
+
+def test_checker_holds_on_one_winner_per_raced_code() -> None:
+    attempts = [_attempt(0, "won", 0, 10, "a"), _attempt(0, "lost", 1, 5, "b"),
+                _attempt(1, "lost", 20, 25, "a"), _attempt(1, "won", 21, 30, "b")]
+    wins = [Win(0, "h0", "w/a", 0, 10), Win(1, "h1", "w/b", 21, 30)]
+    result = check(wins, attempts)
+    assert result.valid and exit_status(result) == 0
+    s = result.summary
+    assert (s["status"], s["wins"], s["losses"], s["codes_raced"], s["max_in_flight"]) == (
+        "holds", 2, 2, 2, 2)
+
+
+def test_checker_names_a_code_won_twice() -> None:
+    attempts = [_attempt(7, "won", 0, 10, "a"), _attempt(7, "won", 1, 12, "b")]
+    wins = [Win(7, "h7", "w/a", 0, 10), Win(7, "h7", "w/b", 1, 12)]
+    result = check(wins, attempts)
+    assert not result.valid and exit_status(result) == 1
+    assert result.summary["double_won_codes"] == [7]
+    assert result.evidence[0]["winners"] == ["w/a", "w/b"]
+    assert "code index 7 won 2 times" in render(result)
+
+
+def test_checker_catches_a_double_win_the_ledger_missed() -> None:
+    # the second winner's ledger write failed; its own attempt row still says "won"
+    attempts = [_attempt(3, "won", 0, 10, "a"), _attempt(3, "won", 1, 12, "b")]
+    result = check([Win(3, "h3", "w/a", 0, 10)], attempts)
+    assert not result.valid and result.summary["double_won_codes"] == [3]
+
+
+def test_checker_calls_a_run_without_overlap_inconclusive() -> None:
+    # one attempt finished before the next started: nothing raced, nothing proven
+    attempts = [_attempt(0, "won", 0, 10, "a"), _attempt(0, "lost", 11, 15, "b")]
+    result = check([Win(0, "h0", "w/a", 0, 10)], attempts)
+    assert result.valid and result.summary["status"] == "inconclusive" and exit_status(result) == 2
+    # and a run where all attempts errored has raced but proven nothing either
+    errors = [_attempt(0, "error", 0, 10, "a"), _attempt(0, "error", 1, 10, "b")]
+    assert check([], errors).summary["status"] == "inconclusive"
+
+
+# -- Locust runs -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def env(database: Database, pepper: str) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("HARNESS_TARGET", "DATABASE_URL", "LOCUST_USER_CLASSES")}
+    e.update(HARNESS_DATABASE_URL=database.url, HARNESS_AT_REST_PEPPER=pepper,
+             PYTHONUNBUFFERED="1", PATH=f"{BIN}{os.pathsep}{e.get('PATH', '')}")
+    return e
+
+
+def run_locust(env: dict[str, str], tmp_path: Path, *args: str,
+               timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
+    verdict = tmp_path / f"verdict-{time.monotonic_ns()}.json"
+    proc = subprocess.run(
+        [*LOCUST, "--headless", "--only-summary", "--verdict-file", str(verdict), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    data = json.loads(verdict.read_text()) if verdict.exists() else None
+    return proc, data
+
+
+def explain(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+
+def assert_holds(proc: subprocess.CompletedProcess[str], verdict: dict[str, Any] | None) -> dict[str, Any]:
+    assert proc.returncode == 0, explain(proc)
+    assert verdict is not None, explain(proc)
+    s: dict[str, Any] = verdict["summary"]
+    assert s["status"] == "holds" and verdict["valid"]
+    assert s["wins"] > 0 and s["double_won"] == 0
+    # the racers really raced: codes with several attempts in flight at once
+    assert s["codes_raced"] > 0 and s["max_in_flight"] >= 2, s
+    assert s["raced_fraction"] > 0.5, s
+    assert "HOLDS" in proc.stdout
+    return s
+
+
+def test_database_users_on_faithful_hold(env: dict[str, str], tmp_path: Path) -> None:
+    proc, verdict = run_locust(env, tmp_path, "-u", "16", "-r", "16", "-t", f"{RUN_S}s",
+                               "--target", "faithful", "DatabaseUser")
+    s = assert_holds(proc, verdict)
+    # every raced code had one winner and the others lost
+    assert s["losses"] >= s["wins"]
+    table = proc.stdout + proc.stderr  # Locust logs its table; the verdict is printed
+    assert "exchange: won" in table and "exchange: lost" in table
+
+
+def test_database_users_on_naive_fail_and_name_the_codes(env: dict[str, str], tmp_path: Path) -> None:
+    proc, verdict = run_locust(env, tmp_path, "-u", "16", "-r", "16", "-t", f"{RUN_S}s",
+                               "--target", "naive", "DatabaseUser")
+    assert proc.returncode == 1, explain(proc)
+    assert verdict is not None
+    s = verdict["summary"]
+    assert s["status"] == "violated" and s["double_won"] > 0
+    assert s["double_won_codes"] and len(verdict["evidence"]) == s["double_won"]
+    first = verdict["evidence"][0]
+    assert first["wins"] >= 2 and len(first["winners"]) >= 2
+    assert f"double win: code index {first['code_index']} won" in proc.stdout
+    assert "VIOLATED" in proc.stdout
+
+
+def test_a_lone_user_races_nothing_and_does_not_pass(env: dict[str, str], tmp_path: Path) -> None:
+    proc, verdict = run_locust(env, tmp_path, "-u", "1", "-r", "1", "-t", "2s", "DatabaseUser")
+    assert proc.returncode == 2, explain(proc)
+    assert verdict is not None and verdict["summary"]["status"] == "inconclusive"
+    assert "INCONCLUSIVE" in proc.stdout
+
+
+def test_setup_errors_exit_2(env: dict[str, str], tmp_path: Path) -> None:
+    no_pepper = {k: v for k, v in env.items() if k != "HARNESS_AT_REST_PEPPER"}
+    proc, _ = run_locust(no_pepper, tmp_path, "-t", "2s", "DatabaseUser", timeout=60)
+    assert proc.returncode == 2 and "HARNESS_AT_REST_PEPPER" in proc.stderr, explain(proc)
+    proc, _ = run_locust(env, tmp_path, "-t", "2s", "--target", "nope", "DatabaseUser", timeout=60)
+    assert proc.returncode == 2 and "unknown target" in proc.stderr, explain(proc)
+    proc, _ = run_locust(env, tmp_path, "-t", "2s", "TokenEndpointUser", timeout=60)
+    assert proc.returncode == 2 and "--host" in proc.stderr, explain(proc)
+
+
+@pytest.fixture
+def server(env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[str]:
+    """``harness serve`` in a subprocess (target from the test's ``target`` param); yields its URL."""
+    target = getattr(request, "param", "faithful")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "harness"), "serve", "--target", target, "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
+                    assert json.load(resp)["target"] == target
+                break
+            except OSError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    output = proc.stdout.read() if proc.stdout else ""
+                    raise AssertionError(f"harness serve did not come up: {output}") from exc
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("server", ["faithful", "naive"], indirect=True)
+def test_http_users_against_harness_serve(server: str, env: dict[str, str], tmp_path: Path,
+                                          request: pytest.FixtureRequest) -> None:
+    target = request.node.callspec.params["server"]
+    proc, verdict = run_locust(env, tmp_path, "-u", "16", "-r", "16", "-t", f"{RUN_S}s",
+                               "--host", server, "TokenEndpointUser")
+    if target == "faithful":
+        assert_holds(proc, verdict)
+        assert verdict is not None and verdict["target"] == "faithful"  # read from /healthz
+    else:
+        assert proc.returncode == 1, explain(proc)
+        assert verdict is not None and verdict["summary"]["double_won"] > 0
+
+
+def assert_every_worker_counted(s: dict[str, Any], workers: int) -> None:
+    assert len(s["workers"]) == workers, s["workers"]
+    assert all(c["wins"] > 0 and c["attempts"] > 0 for c in s["workers"].values()), s["workers"]
+    assert sum(c["wins"] for c in s["workers"].values()) == s["wins"]
+    assert sum(c["attempts"] for c in s["workers"].values()) == s["attempts"]
+    assert not s["unfinished_workers"]
+
+
+def test_processes_2_counts_every_worker(env: dict[str, str], tmp_path: Path) -> None:
+    proc, verdict = run_locust(env, tmp_path, "--processes", "2", "-u", "16", "-r", "16",
+                               "-t", f"{RUN_S}s", "DatabaseUser")
+    assert_every_worker_counted(assert_holds(proc, verdict), 2)
+
+
+def test_master_and_two_workers(env: dict[str, str], tmp_path: Path) -> None:
+    port = str(free_port())
+    workers = [
+        subprocess.Popen([*LOCUST, "--worker", "--master-host", "127.0.0.1", "--master-port", port],
+                         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        proc, verdict = run_locust(env, tmp_path, "--master", "--master-bind-host", "127.0.0.1",
+                                   "--master-bind-port", port, "--expect-workers", "2",
+                                   "-u", "16", "-r", "16", "-t", f"{RUN_S}s", "DatabaseUser")
+        assert_every_worker_counted(assert_holds(proc, verdict), 2)
+        for w in workers:
+            assert w.wait(timeout=30) == 0
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+
+
+def test_csv_and_html_reports(env: dict[str, str], tmp_path: Path) -> None:
+    proc, verdict = run_locust(env, tmp_path, "-u", "8", "-r", "8", "-t", "2s",
+                               "--csv", str(tmp_path / "run"), "--html", str(tmp_path / "run.html"),
+                               "DatabaseUser")
+    assert_holds(proc, verdict)
+    stats = (tmp_path / "run_stats.csv").read_text()
+    assert "exchange: won" in stats and "exchange: lost" in stats
+    assert "exchange: won" in (tmp_path / "run.html").read_text()
+
+
+def test_web_ui_run_is_judged_and_served(env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    verdict = tmp_path / "verdict.json"
+    proc = subprocess.Popen(
+        [*LOCUST, "--autostart", "--autoquit", "3", "-u", "8", "-r", "8", "-t", "2s",
+         "--web-port", str(port), "--verdict-file", str(verdict), "DatabaseUser"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    served: dict[str, Any] = {}
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/claimcheck/verdict", timeout=2) as r:
+                served = json.load(r)
+            if "summary" in served:
+                break
+        except OSError:
+            pass
+        time.sleep(0.3)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-2000:]}"
+    assert served.get("summary", {}).get("status") == "holds", served
+    assert json.loads(verdict.read_text())["run_id"] == served["run_id"]
