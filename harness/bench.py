@@ -135,6 +135,7 @@ def _bench_process(url: str, pepper: str, seed: str, path: str, indices: list[in
         results.put((0, 0, 0.0, "start barrier broken"))
         return
     ok = errors = 0
+    first_error = ""
     started = time.monotonic()
     deadline = started + duration_s
     n, end = 0, len(indices)
@@ -146,14 +147,18 @@ def _bench_process(url: str, pepper: str, seed: str, path: str, indices: list[in
                 target.validate_authorization_code(code, BENCH_CLIENT, REDIRECT_URI)
             elif claim(conn, target.hash(code), target.clock.now()) is None:
                 errors += 1
+                first_error = first_error or "code not claimable"
                 continue
             ok += 1
-        except Exception:
+        except Exception as exc:
             errors += 1
+            first_error = first_error or f"{type(exc).__name__}: {exc}"
     elapsed = time.monotonic() - started
     conn.close()
     db.close()
-    results.put((ok, errors, elapsed, "ran out of codes" if n >= end else ""))
+    notes = ["ran out of codes" if n >= end else "",
+             f"{errors} refused, first: {first_error}" if errors else ""]
+    results.put((ok, errors, elapsed, "; ".join(filter(None, notes))))
 
 
 _PREPARED = b"claimcheck_claim"
@@ -188,6 +193,7 @@ def _mux_process(url: str, pepper: str, seed: str, slices: list[list[int]], dura
         results.put((0, 0, 0.0, "start barrier broken"))
         return
     ok = errors = 0
+    first_error = ""
     started = time.monotonic()
     deadline = started + duration_s
 
@@ -218,11 +224,15 @@ def _mux_process(url: str, pepper: str, seed: str, slices: list[list[int]], dura
                     ok += 1
                 else:
                     errors += 1
+                    first_error = first_error or (
+                        result.get_error_message() or f"{result.ntuples} rows claimed")
     elapsed = time.monotonic() - started
     for conn in conns:
         conn.close()
     out = any(position[i] >= len(slices[i]) for i in range(len(slices)))
-    results.put((ok, errors, elapsed, "ran out of codes" if out else ""))
+    notes = ["ran out of codes" if out else "",
+             f"{errors} refused, first: {first_error}" if errors else ""]
+    results.put((ok, errors, elapsed, "; ".join(filter(None, notes))))
 
 
 def _run_harness(url: str, pepper: str, seed: str, path: str, clients: int, duration_s: float,
@@ -289,7 +299,7 @@ def cleanup(db: Database) -> None:
 def _cap(clients: int, synchronous_commit: bool) -> int:
     """Codes per second one pgbench segment may claim at most (above what it reaches here)."""
     if not synchronous_commit:
-        return 2 * DEFAULT_MAX_RATE
+        return 4 * DEFAULT_MAX_RATE
     return min(DEFAULT_MAX_RATE, 4000 + 3000 * clients)
 
 

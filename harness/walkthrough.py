@@ -541,13 +541,6 @@ def colour_verdicts(table: pd.DataFrame) -> Any:
     return table.style.set_uuid("verdicts").map(colour)
 
 
-def theme_checks(theme: str) -> list[str]:
-    """The ids of a theme's checks (``rfc7636_pkce``, ``rfc6749_codes``, …), in catalogue order."""
-    from harness.checks import CATALOGUE
-
-    return [i for i, spec in CATALOGUE.items() if spec.theme == theme]
-
-
 def shipped_targets(extra: str | None = None) -> list[str]:
     """The shipped targets in findings-table order (those this installation has), then ``extra``."""
     from harness.checks import SHIPPED_TARGETS

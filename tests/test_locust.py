@@ -215,8 +215,10 @@ def assert_every_worker_counted(s: dict[str, Any], workers: int) -> None:
 
 
 def test_processes_2_counts_every_worker(env: dict[str, str], tmp_path: Path) -> None:
-    proc, verdict = run_locust(env, tmp_path, "--processes", "2", "-u", "16", "-r", "16",
-                               "-t", f"{RUN_S}s", "DatabaseUser")
+    port = str(free_port())  # not Locust's default 5557: other runs may be using it
+    proc, verdict = run_locust(env, tmp_path, "--processes", "2", "--master-bind-host", "127.0.0.1",
+                               "--master-bind-port", port, "--master-port", port,
+                               "-u", "16", "-r", "16", "-t", f"{RUN_S}s", "DatabaseUser")
     assert_every_worker_counted(assert_holds(proc, verdict), 2)
 
 
@@ -256,7 +258,7 @@ def test_web_ui_run_is_judged_and_served(env: dict[str, str], tmp_path: Path) ->
     verdict = tmp_path / "verdict.json"
     proc = subprocess.Popen(
         [*LOCUST, "--autostart", "--autoquit", "3", "-u", "8", "-r", "8", "-t", "2s",
-         "--web-port", str(port), "--verdict-file", str(verdict), "DatabaseUser"],
+         "--web-host", "127.0.0.1", "--web-port", str(port), "--verdict-file", str(verdict), "DatabaseUser"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     served: dict[str, Any] = {}

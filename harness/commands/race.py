@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -141,5 +142,9 @@ def run(args: argparse.Namespace) -> int:
                       progress=advance, timeout_s=args.timeout)
     status = verdict(report, min_raced=args.min_raced)
     doc = summarise(report, status)
-    print(json.dumps(doc, indent=2, default=str) if args.format == "json" else _table(doc))
+    try:
+        print(json.dumps(doc, indent=2, default=str) if args.format == "json" else _table(doc))
+    except BrokenPipeError:  # `harness race | head`: the verdict still decides the exit status
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0 if status == "pass" else 1
