@@ -19,6 +19,17 @@ EXIT_VIOLATED = 1
 EXIT_USAGE = 2
 
 
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: a whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",

@@ -10,9 +10,9 @@ from typing import Any
 from tqdm import tqdm
 
 from harness.bench import bench
-from harness.commands.matrix import markdown
 from harness.database import connect
 from harness.errors import SetupError
+from harness.report import markdown_table
 from harness.settings import Settings
 
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(frame.to_dict(orient="records"), indent=2))
     elif args.format == "md":
-        print(markdown(frame))
+        print(markdown_table(frame))
     else:
         print(frame.to_string(index=False))
     return 0

@@ -7,27 +7,13 @@ import json
 import sys
 from typing import Any
 
-import pandas as pd
 from tqdm import tqdm
 
 from harness.claims import Isolation, Strategy
+from harness.cli import positive_int
 from harness.database import connect
 from harness.matrix import isolation_matrix, judge
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (pandas needs ``tabulate`` for this; we need no more)."""
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from harness.report import markdown_table
 
 
 def register(sub: Any) -> None:
@@ -40,15 +26,15 @@ def register(sub: Any) -> None:
         "READ COMMITTED is caught; 1 otherwise; 2 usage or setup error.",
     )
     parser.add_argument("--target", default="faithful", help="target whose claim is varied")
-    parser.add_argument("--racers", type=_positive, default=16)
-    parser.add_argument("--codes", type=_positive, default=200, help="codes per cell")
+    parser.add_argument("--racers", type=positive_int, default=16)
+    parser.add_argument("--codes", type=positive_int, default=200, help="codes per cell")
     parser.add_argument("--strategy", action="append", choices=[s.value for s in Strategy],
                         help="only these strategies (repeatable; default all)")
     parser.add_argument("--isolation", action="append", choices=[i.value for i in Isolation],
                         help="only these isolation levels (repeatable; default all)")
     parser.add_argument("--retry-serialization", type=int, default=0, metavar="N",
                         help="retry attempts that failed with SQLSTATE 40001 up to N times")
-    parser.add_argument("--processes", type=_positive, default=None)
+    parser.add_argument("--processes", type=positive_int, default=None)
     parser.add_argument("--pepper", default=None, help="at-rest pepper (default HARNESS_AT_REST_PEPPER)")
     parser.add_argument("--format", choices=["table", "md", "json"], default="table")
     parser.add_argument("--no-progress", action="store_true")
@@ -79,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{args.racers} racers x {args.codes} codes per cell, target {args.target}, "
               f"retry on 40001: {args.retry_serialization}")
-        print(markdown(frame) if args.format == "md" else frame.to_string(index=False))
+        print(markdown_table(frame) if args.format == "md" else frame.to_string(index=False))
         for problem in problems:
             print(f"problem: {problem}")
         print("verdict:", "PASS" if not problems else "FAIL")

@@ -11,6 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from harness.claims import Isolation, Strategy
+from harness.cli import positive_int
 from harness.database import connect
 from harness.nemesis import FAULTS
 from harness.race import MIN_RACED_FRACTION, RaceReport, race, verdict
@@ -18,12 +19,6 @@ from harness.race import MIN_RACED_FRACTION, RaceReport, race, verdict
 #: Double-won codes printed in the table (all of them are in the JSON).
 _LISTED = 20
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def register(sub: Any) -> None:
@@ -36,13 +31,13 @@ def register(sub: Any) -> None:
         "no race / incomplete run, 2 usage or setup error.",
     )
     parser.add_argument("--target", default=None, help="target (default HARNESS_TARGET or faithful)")
-    parser.add_argument("--racers", type=_positive, default=16, help="racers per code (default 16)")
-    parser.add_argument("--codes", type=_positive, default=200, help="codes to race (default 200)")
+    parser.add_argument("--racers", type=positive_int, default=16, help="racers per code (default 16)")
+    parser.add_argument("--codes", type=positive_int, default=200, help="codes to race (default 200)")
     parser.add_argument("--strategy", choices=[s.value for s in Strategy], default=None,
                         help="override the target's claim strategy")
     parser.add_argument("--isolation", choices=[i.value for i in Isolation], default=None,
                         help="override the target's claim isolation level")
-    parser.add_argument("--processes", type=_positive, default=None,
+    parser.add_argument("--processes", type=positive_int, default=None,
                         help="racer processes (default: 2 per core, at most one per racer)")
     parser.add_argument("--operation", choices=["exchange", "validate"], default="exchange",
                         help="the grant flow (default) or the claim and its checks only")
