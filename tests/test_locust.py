@@ -243,6 +243,40 @@ def test_master_and_two_workers(env: dict[str, str], tmp_path: Path) -> None:
                 w.wait()
 
 
+def test_a_worker_killed_mid_run_leaves_the_invariant_judged(env: dict[str, str], tmp_path: Path) -> None:
+    """DESIGN.md "Bad input and faults": a killed worker does not hang the master or break the verdict."""
+    port = str(free_port())
+    env = {**env, "HARNESS_WORKER_REPORT_TIMEOUT_S": "3"}
+    workers = [
+        subprocess.Popen([*LOCUST, "--worker", "--master-host", "127.0.0.1", "--master-port", port],
+                         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(2)
+    ]
+    verdict_file = tmp_path / "verdict.json"
+    master = subprocess.Popen(
+        [*LOCUST, "--headless", "--only-summary", "--verdict-file", str(verdict_file), "--master",
+         "--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--expect-workers", "2",
+         "-u", "16", "-r", "16", "-t", "8s", "DatabaseUser"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(5)  # users spawned and racing on both workers
+        assert master.poll() is None, "the run ended before the worker could be killed"
+        workers[0].kill()  # SIGKILL: no goodbye, no last batch
+        out, _ = master.communicate(timeout=90)  # never a hang
+        assert master.returncode == 0, out[-3000:]
+        s = json.loads(verdict_file.read_text())["summary"]
+        assert s["status"] == "holds" and s["double_won"] == 0, s
+        assert s["wins"] > 0 and s["codes_raced"] > 0, s
+        # the killed worker's wins up to its death are in the ledger; it is reported, not hidden
+        assert len(s["unfinished_workers"]) == 1, s
+        assert "never finished reporting" in out
+    finally:
+        for p in [*workers, master]:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
 def test_csv_and_html_reports(env: dict[str, str], tmp_path: Path) -> None:
     proc, verdict = run_locust(env, tmp_path, "-u", "8", "-r", "8", "-t", "2s",
                                "--csv", str(tmp_path / "run"), "--html", str(tmp_path / "run.html"),
