@@ -150,6 +150,10 @@ class Scenario:
     def violated(self) -> bool:
         return any(s.judged and not s.ok for s in self.steps)
 
+    def judged_steps(self) -> list[dict[str, Any]]:
+        """The judged steps as evidence rows (step, observed, ok)."""
+        return [{"step": s.action, "observed": s.observed, "ok": s.ok} for s in self.steps if s.judged]
+
     def frame(self) -> pd.DataFrame:
         """The steps as a table (action, expected, observed, ok)."""
         return pd.DataFrame([{"action": s.action, "expected": s.expected, "observed": s.observed,

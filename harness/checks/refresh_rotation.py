@@ -39,8 +39,7 @@ def rotation(ctx: Context) -> None:
                    lambda: target.refresh(first.refresh_token, client))
     ctx.sc.attempt("refresh with the newest token", "refused",
                    lambda: target.refresh(newest.refresh_token, client), why="reuse revoked the family")
-    ctx.sc.evidence.extend([{"step": s.action, "observed": s.observed, "ok": s.ok} for s in ctx.sc.steps
-                            if s.judged])
+    ctx.sc.evidence.extend(ctx.sc.judged_steps())
     ctx.sc.evidence.extend(records(family_frame(ctx, [first.family_id])))
 
 

@@ -50,8 +50,7 @@ def revokes_family(ctx: Context) -> None:
     ctx.sc.attempt("replay the spent code", "refused", lambda: target.exchange_code(code, client, REDIRECT))
     ctx.sc.attempt("refresh with the newest token of the family", "refused",
                    lambda: target.refresh(newest.refresh_token, client))
-    ctx.sc.evidence.extend([{"step": s.action, "observed": s.observed, "ok": s.ok} for s in ctx.sc.steps
-                            if s.judged])
+    ctx.sc.evidence.extend(ctx.sc.judged_steps())
     ctx.sc.evidence.extend(records(family_frame(ctx, [first.family_id])))
 
 
@@ -109,8 +108,7 @@ def cross_client(ctx: Context) -> None:
                    lambda: target.exchange_code(code, other, REDIRECT))
     ctx.sc.attempt("the victim refreshes with its newest token", "refused",
                    lambda: target.refresh(newest.refresh_token, victim), why="the code leaked")
-    ctx.sc.evidence.extend([{"step": s.action, "observed": s.observed, "ok": s.ok} for s in ctx.sc.steps
-                            if s.judged])
+    ctx.sc.evidence.extend(ctx.sc.judged_steps())
     ctx.sc.evidence.extend(records(family_frame(ctx, [first.family_id])))
 
 
