@@ -223,7 +223,8 @@ class Lifecycle(RuleBasedStateMachine):
         return self._refresh(token, client)
 
     @precondition(lambda self: bool(self.rotated))
-    @rule(target=tokens, pick=st.integers(min_value=0), client=st.sampled_from([CLIENT, CLIENT, OTHER_CLIENT]))
+    @rule(target=tokens, pick=st.integers(min_value=0),
+          client=st.sampled_from([CLIENT, CLIENT, OTHER_CLIENT]))
     def reuse(self, pick: int, client: str) -> Any:
         return self._refresh(self.rotated[pick % len(self.rotated)], client)
 
