@@ -106,6 +106,24 @@ def _run_pgbench(pgbench: Path, url: str, clients: int, duration_s: float, base:
     return float(tps.group(1)), int(processed.group(1)), " ".join(cmd[:-1])
 
 
+def _started_together(barrier: Any, results: Any) -> bool:
+    """Wait for every client of the segment, so all start the clock together (pgbench's ``-c``)."""
+    try:
+        barrier.wait(60)
+    except Exception:
+        results.put((0, 0, 0.0, "start barrier broken"))
+        return False
+    return True
+
+
+def _report(results: Any, ok: int, errors: int, elapsed: float, *, ran_out: bool,
+            first_error: str) -> None:
+    """Send one client's (ok, refused, seconds, notes) back to the parent."""
+    notes = ["ran out of codes" if ran_out else "",
+             f"{errors} refused, first: {first_error}" if errors else ""]
+    results.put((ok, errors, elapsed, "; ".join(filter(None, notes))))
+
+
 def _bench_process(url: str, pepper: str, seed: str, path: str, indices: list[int],
                    duration_s: float, barrier: Any, results: Any) -> None:
     """One harness client: claim its own codes until time is up.
@@ -129,10 +147,7 @@ def _bench_process(url: str, pepper: str, seed: str, path: str, indices: list[in
         barrier.abort()
         results.put((0, 0, 0.0, f"setup failed: {exc}"))
         return
-    try:
-        barrier.wait(60)
-    except Exception:
-        results.put((0, 0, 0.0, "start barrier broken"))
+    if not _started_together(barrier, results):
         return
     ok = errors = 0
     first_error = ""
@@ -156,9 +171,7 @@ def _bench_process(url: str, pepper: str, seed: str, path: str, indices: list[in
     elapsed = time.monotonic() - started
     conn.close()
     db.close()
-    notes = ["ran out of codes" if n >= end else "",
-             f"{errors} refused, first: {first_error}" if errors else ""]
-    results.put((ok, errors, elapsed, "; ".join(filter(None, notes))))
+    _report(results, ok, errors, elapsed, ran_out=n >= end, first_error=first_error)
 
 
 _PREPARED = b"claimcheck_claim"
@@ -187,10 +200,7 @@ def _mux_process(url: str, pepper: str, seed: str, slices: list[list[int]], dura
     position = [0] * len(slices)
     for i, conn in enumerate(conns):
         selector.register(conn.pgconn.socket, selectors.EVENT_READ, i)
-    try:
-        barrier.wait(60)
-    except Exception:
-        results.put((0, 0, 0.0, "start barrier broken"))
+    if not _started_together(barrier, results):
         return
     ok = errors = 0
     first_error = ""
@@ -230,9 +240,7 @@ def _mux_process(url: str, pepper: str, seed: str, slices: list[list[int]], dura
     for conn in conns:
         conn.close()
     out = any(position[i] >= len(slices[i]) for i in range(len(slices)))
-    notes = ["ran out of codes" if out else "",
-             f"{errors} refused, first: {first_error}" if errors else ""]
-    results.put((ok, errors, elapsed, "; ".join(filter(None, notes))))
+    _report(results, ok, errors, elapsed, ran_out=out, first_error=first_error)
 
 
 def _run_harness(url: str, pepper: str, seed: str, path: str, clients: int, duration_s: float,

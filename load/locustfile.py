@@ -257,6 +257,12 @@ class Racer:
     environment: Environment
     last_slot = -1
 
+    def on_start(self) -> None:
+        self.racer_setup()
+
+    def on_stop(self) -> None:
+        self.racer_teardown()
+
     def racer_setup(self) -> None:
         url = database_url()
         if url is None:
@@ -323,12 +329,9 @@ class DatabaseUser(Racer, User):
     """Exchanges straight through the target's repository, over the user's own psycopg 3 connections."""
 
     def on_start(self) -> None:
-        self.racer_setup()
+        super().on_start()
         options = self.environment.parsed_options
         self.target = load_target(options.target if options else None, self.ledger_db)
-
-    def on_stop(self) -> None:
-        self.racer_teardown()
 
     @task
     def exchange(self) -> None:
@@ -352,12 +355,6 @@ FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "
 
 class TokenEndpointUser(Racer, FastHttpUser):
     """Exchanges over HTTP: ``POST /token`` of `harness serve` (``--host http://127.0.0.1:8000``)."""
-
-    def on_start(self) -> None:
-        self.racer_setup()
-
-    def on_stop(self) -> None:
-        self.racer_teardown()
 
     @task
     def exchange(self) -> None:

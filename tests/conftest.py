@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +24,16 @@ def embedded_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DATABASE_URL", "DATABASE_URL")}
     env["HARNESS_DATA_DIR"] = str(data_dir)
     return env
+
+
+def interrupt(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Stop a server as Ctrl-C would; kill it only if it does not exit within ``timeout``."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def public_tables(db: Database) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REDIRECT, StoreCode
+from conftest import REDIRECT, StoreCode, interrupt
 
 with warnings.catch_warnings():
     # Starlette 1.x nudges towards httpx2 for its test client; httpx (a dev dependency) still works.
@@ -341,10 +340,5 @@ def test_serve_with_two_workers_exchanges_over_the_network(
         assert first.status_code == 200, first.text
         assert_error(second, "invalid_grant")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        interrupt(proc, timeout=20)
     assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import interrupt
 
 from harness.database import Database
 from harness.ledger import Attempt, Win, check, exit_status, render
@@ -184,12 +184,7 @@ def server(env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[str]
                 time.sleep(0.2)
         yield url
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        interrupt(proc, timeout=15)
 
 
 @pytest.mark.parametrize("server", ["faithful", "naive"], indirect=True)
