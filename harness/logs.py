@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.redact import redact_fields
+
 OAUTH_LOGGER = "harness.oauth"
 
 
@@ -28,11 +30,15 @@ class LogEvent:
 
 
 class FieldsFormatter(logging.Formatter):
-    """Appends a record's ``fields`` as ``key=value`` pairs (the tracing fmt layer)."""
+    """Appends a record's ``fields`` as ``key=value`` pairs (the tracing fmt layer), secrets redacted.
+
+    What a console or a log file receives never carries a raw code or token
+    (``harness.redact``), even when the target under review put one in its event.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
-        fields = getattr(record, "fields", None) or {}
+        fields = redact_fields(getattr(record, "fields", None) or {})
         return " ".join([base] + [f"{k}={v}" for k, v in fields.items()])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,8 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
-            database_url=_env("HARNESS_DATABASE_URL", "DATABASE_URL"),
+            # Never DATABASE_URL: that one belongs to other applications on the machine.
+            database_url=_env("HARNESS_DATABASE_URL"),
             pepper=_env("HARNESS_AT_REST_PEPPER"),
             target=_env("HARNESS_TARGET") or DEFAULT_TARGET,
             data_dir=default_data_dir(),
@@ -37,8 +39,18 @@ class Settings:
 
 
 def default_data_dir() -> Path:
-    """Where the embedded server keeps its data: ``HARNESS_DATA_DIR`` or ``~/.claimcheck/pgdata``."""
+    """Where the embedded server keeps its data: ``HARNESS_DATA_DIR``, else ``~/.claimcheck/pgdata``.
+
+    Under root, PostgreSQL runs as another user, which must be able to reach
+    the directory; the harness never opens up a home directory for it, so a
+    root whose home is private gets ``/var/lib/claimcheck/pgdata`` instead.
+    """
     explicit = _env("HARNESS_DATA_DIR")
     if explicit:
         return Path(explicit).expanduser().resolve()
-    return (Path.home() / ".claimcheck" / "pgdata").resolve()
+    home = (Path.home() / ".claimcheck" / "pgdata").resolve()
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        for parent in reversed(home.parents):
+            if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+                return Path("/var/lib/claimcheck/pgdata")
+    return home
