@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Sequence
+from types import FrameType
 
 from harness import commands
 from harness.errors import SetupError
@@ -17,6 +22,8 @@ from harness.logs import FieldsFormatter
 EXIT_OK = 0
 EXIT_VIOLATED = 1
 EXIT_USAGE = 2
+#: Ctrl-C or SIGTERM: stopped with a partial report (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 def positive_int(text: str) -> int:
@@ -53,10 +60,40 @@ def configure_logging(verbose: bool) -> None:
     root.setLevel(logging.INFO if verbose else logging.ERROR)
 
 
+def _check_text(argv: Sequence[str]) -> None:
+    """Arguments and settings must be text: bytes that are not UTF-8 arrive as lone surrogates."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise SetupError(f"argument {shown!r} is not valid UTF-8") from None
+    for name in ("HARNESS_DATABASE_URL", "HARNESS_AT_REST_PEPPER", "HARNESS_TARGET", "HARNESS_DATA_DIR"):
+        value = os.environ.get(name)
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise SetupError(f"{name} is not valid UTF-8") from None
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the Ctrl-C path: racers stopped, rows removed, servers released, a report.
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    try:
+        _check_text(argv)
+    except SetupError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         status: int = args.handler(args)
     except SetupError as exc:
@@ -64,7 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug or an unforeseen fault: one line, never exit 1 ("violated")
+        if args.verbose:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"harness: error: {type(exc).__name__}: {first} (run with -v for the traceback)",
+              file=sys.stderr)
+        return EXIT_USAGE
     return status
 
 

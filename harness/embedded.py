@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -125,7 +126,7 @@ def _system_user() -> tuple[int, int]:
 
 def _reachable_by_others(path: Path) -> Path | None:
     """The first existing ancestor of ``path`` another user cannot traverse (no o+x), else ``None``."""
-    for parent in [*reversed(path.parents), path]:
+    for parent in reversed(path.parents):
         if not parent.exists():
             break
         if not parent.stat().st_mode & stat.S_IXOTH:
@@ -210,7 +211,7 @@ class EmbeddedServer:
     # -- start, lease, release ------------------------------------------------------------
 
     def acquire(self) -> tuple[str, bool, Lease]:
-        """Start the server if it is not running and take a lease; return (URL, started by this call, lease)."""
+        """Start the server unless it runs, and take a lease: (URL, whether this call started it, lease)."""
         with self._locked():
             live = _postmaster(self.data_dir)
             started = False
@@ -245,7 +246,10 @@ class EmbeddedServer:
         return Lease(path)
 
     def release(self, lease: Lease) -> bool:
-        """Drop ``lease``; stop the server if nobody else holds one and it is not pinned. Return whether it stopped."""
+        """Drop ``lease``; stop the server if no other lease is held and it is not pinned.
+
+        Returns whether the server was stopped.
+        """
         with self._locked():
             lease.path.unlink(missing_ok=True)
             if self._live_leases() or (self.data_dir / PIN).exists():
@@ -276,15 +280,16 @@ class EmbeddedServer:
 
     def _run(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run a PostgreSQL tool of the wheel (as the system user under root), output captured."""
-        owner: dict[str, int] = {}
+        owner: dict[str, Any] = {}
         if _as_root():
             uid, gid = _system_user()
             owner = {"user": uid, "group": gid, "extra_groups": []}
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = env.get("LC_ALL") or "C.UTF-8"
-        return subprocess.run([str(bin_dir() / tool), *args], capture_output=True, text=True,
-                              timeout=timeout, env=env, cwd="/", stdin=subprocess.DEVNULL,
-                              **owner)  # type: ignore[call-overload]
+        done: subprocess.CompletedProcess[str] = subprocess.run(
+            [str(bin_dir() / tool), *args], capture_output=True, text=True, timeout=timeout, env=env,
+            cwd="/", stdin=subprocess.DEVNULL, **owner)
+        return done
 
     def _check_reachable(self) -> None:
         """Under root, PostgreSQL runs as another user: every parent must be traversable as it is."""
@@ -355,11 +360,9 @@ class EmbeddedServer:
         live = _postmaster(self.data_dir)
         if live is None:
             return False
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-t", str(STOP_TIMEOUT_S), "-m", "fast",
                       "stop", timeout=STOP_TIMEOUT_S + 10)
-        except subprocess.TimeoutExpired:
-            pass
         deadline = time.monotonic() + 10
         while _postmaster(self.data_dir) is not None and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,10 +156,7 @@ class Nemesis:
         server = self.db.embedded
         assert server is not None
         # pg_ctl restart reuses postmaster.opts, so the socket directory (and the URL) stay the same.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset, harmless
-            server._pg_ctl("-w", "-t", "30", "-m", "fast", "restart",
-                           "-l", str(server.data_dir / "log"))
+        server.restart()
 
     def _heal_pools(self) -> None:
         """After a restart or terminations the caller's pooled connections may be dead: replace them."""

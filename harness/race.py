@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import logging
-import multiprocessing
+import math
 import os
-import queue
 import secrets
+import selectors
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache, partial
+from functools import partial
 from typing import Any, Protocol
-
-from psycopg import conninfo
 
 from harness.checkers import Result, overlap, single_winner
 from harness.claims import Isolation, Strategy
@@ -24,7 +25,10 @@ from harness.database import Database
 from harness.errors import InternalError, SetupError
 from harness.history import History, Op, classify
 from harness.repository import AuthCodeParams, OAuthRepository
+from harness.scope import RunScope
 
+#: The client and user of a race on a database the harness created (tests); ``race()`` names its
+#: own per run (``cc-<run id>-racer``) so that it never writes a row it cannot tell apart.
 RACE_CLIENT = "race-client"
 RACE_USER = "race-user"
 REDIRECT_URI = "https://client.example/cb"
@@ -50,12 +54,13 @@ class RaceReport:
         return self.winners.valid
 
 
-def seed_codes(target: OAuthRepository, seed: str, codes: int) -> None:
-    """Store ``codes`` race codes for ``RACE_CLIENT`` (no PKCE, so every racer sends the same request)."""
-    target.db.ensure_party(RACE_CLIENT, RACE_USER)
+def seed_codes(target: OAuthRepository, seed: str, codes: int, *, client: str = RACE_CLIENT,
+               user: str = RACE_USER) -> None:
+    """Store ``codes`` race codes for ``client`` (no PKCE, so every racer sends the same request)."""
+    target.db.ensure_party(client, user)
     for i in range(codes):
         target.store_authorization_code(
-            AuthCodeParams(code=race_code(seed, i), client_id=RACE_CLIENT, user_id=RACE_USER,
+            AuthCodeParams(code=race_code(seed, i), client_id=client, user_id=user,
                            redirect_uri=REDIRECT_URI, scope="openid")
         )
 
@@ -67,54 +72,70 @@ def race_threads(
     codes: int,
     seed: str = "race",
     operation: str = "exchange",
+    client: str = RACE_CLIENT,
     progress: Callable[[int], None] | None = None,
+    timeout_s: float = 120.0,
 ) -> RaceReport:
     """``racers`` threads attempt each of ``codes`` codes together, released by a barrier per code.
 
     ``operation`` is ``exchange`` (the grant flow) or ``validate`` (the claim
-    and its checks only). Codes must already be stored (``seed_codes``).
+    and its checks only). Codes must already be stored (``seed_codes``). A
+    racer that does not reach the barrier within ``timeout_s`` breaks it: the
+    run ends ``incomplete`` rather than waiting forever.
     """
     history = History()
-    barrier = threading.Barrier(racers)
+    barrier = threading.Barrier(racers, timeout=timeout_s)
+    broken: list[str] = []
     call: Callable[[str], Any]
     if operation == "exchange":
         def call(code: str) -> Any:
-            return target.exchange_code(code, RACE_CLIENT, REDIRECT_URI)
+            return target.exchange_code(code, client, REDIRECT_URI)
     else:
         def call(code: str) -> Any:
-            return target.validate_authorization_code(code, RACE_CLIENT, REDIRECT_URI)
+            return target.validate_authorization_code(code, client, REDIRECT_URI)
 
     def racer(process: int) -> None:
         for i in range(codes):
             code = race_code(seed, i)
-            barrier.wait()
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                broken.append(f"racer {process}: barrier broken at code {i}")
+                return
             history.run(process, "exchange", {"code": i}, partial(call, code))
             if process == 0 and progress is not None:
                 progress(1)
 
-    threads = [threading.Thread(target=racer, args=(p,), name=f"racer-{p}") for p in range(racers)]
+    threads = [threading.Thread(target=racer, args=(p,), name=f"racer-{p}", daemon=True)
+               for p in range(racers)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + timeout_s * 2
     for t in threads:
-        t.join()
-    return RaceReport(history, single_winner(history), overlap(history))
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        barrier.abort()
+        broken.append("racers still running after the timeout")
+    return RaceReport(history, single_winner(history), overlap(history),
+                      {"incomplete": bool(broken), "errors": broken[:5]})
 
 
 # -- races across processes ---------------------------------------------------
 #
 # One interpreter with threads reaches only ~0.6x of what the server can do
 # (DESIGN.md "Performance"), and a race bound to one GIL overlaps less than
-# real clients do. So racers live in several OS processes, each with its own
-# connections; a cross-process barrier releases every racer of a code
-# together; each process stamps its ops with ``time.monotonic_ns()`` (one
-# clock for the whole machine) and streams them back to be merged.
+# real clients do. So racers live in several OS processes (``harness._racer``),
+# each with its own connections. The barrier of each code lives here, in the
+# parent: a racer process reports when its racers stand at code i, and the
+# parent releases everybody once all have; so a racer process that dies can
+# never leave the others stuck on a lock it held. Each process stamps its ops
+# with ``time.monotonic_ns()`` (one clock for the whole machine) and streams
+# them back to be merged.
 
 #: ``application_name`` prefix of racer connections (the nemesis finds them by it).
 APP_NAME_PREFIX = "harness-race"
-#: How long a racer waits for the others at a code's barrier before giving up.
-BARRIER_TIMEOUT_S = 60.0
-_FLUSH_OPS = 256
-_FLUSH_S = 0.1
+#: How long the racers of a process may take to stop after being told to (then they are killed).
+STOP_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -132,7 +153,8 @@ class RaceSpec:
     isolation: str | None = None
     retry_serialization: int = 0
     app_name: str = APP_NAME_PREFIX
-    barrier_timeout_s: float = BARRIER_TIMEOUT_S
+    client: str = RACE_CLIENT
+    redirect_uri: str = REDIRECT_URI
 
     def target_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -143,7 +165,7 @@ class RaceSpec:
         return options
 
 
-def _is_serialization_failure(op: Op) -> bool:
+def is_serialization_failure(op: Op) -> bool:
     return op.type == "fail" and (op.error or "").startswith("serialization")
 
 
@@ -174,100 +196,6 @@ def attempt(
     return invoke, done
 
 
-def _racer_process(
-    spec: RaceSpec, racer_ids: list[int], barrier: Any, results: Any, stop: Any
-) -> None:
-    """One OS process: its racers (one thread each) race every code and stream their ops back."""
-    from harness.database import connect
-    from harness.targets import load_target
-
-    # Under a nemesis the pools discard dead connections by the hundred; each
-    # one is an expected, recorded ``info`` op, not news for stderr.
-    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
-    try:
-        url = conninfo.make_conninfo(spec.url, application_name=spec.app_name)
-        db = connect(url, migrate=False, pool_size=len(racer_ids) + 1)
-        target = load_target(spec.target, db, pepper=spec.pepper, **spec.target_options())
-    except Exception as exc:
-        results.put(("error", racer_ids, f"racer setup failed: {exc}"))
-        barrier.abort()  # nobody waits for racers that will never come
-        results.put(("done", racer_ids, None))
-        return
-    results.put(("ready", racer_ids, None))
-
-    call: Callable[[str], Any]
-    if spec.operation == "exchange":
-        def call(code: str) -> Any:
-            return target.exchange_code(code, RACE_CLIENT, REDIRECT_URI)
-    else:
-        def call(code: str) -> Any:
-            return target.validate_authorization_code(code, RACE_CLIENT, REDIRECT_URI)
-
-    buffer: list[Op] = []
-    lock = threading.Lock()
-    last_flush = [time.monotonic()]
-
-    def flush(force: bool = False) -> None:
-        with lock:
-            if buffer and (force or len(buffer) >= _FLUSH_OPS
-                           or time.monotonic() - last_flush[0] >= _FLUSH_S):
-                results.put(("ops", racer_ids, list(buffer)))
-                buffer.clear()
-                last_flush[0] = time.monotonic()
-
-    def record(op: Op) -> None:
-        with lock:
-            buffer.append(op)
-
-    def keep_flushing() -> None:
-        # A racer stuck in an attempt does not flush: its invoke must still reach the parent.
-        while not finished.wait(0.5):
-            flush()
-
-    finished = threading.Event()
-    threading.Thread(target=keep_flushing, daemon=True).start()
-    problems: list[str] = []
-
-    def racer(process: int) -> None:
-        for i in range(spec.codes):
-            if stop.is_set():
-                return
-            code = race_code(spec.seed, i)
-            try:
-                barrier.wait(spec.barrier_timeout_s)
-            except threading.BrokenBarrierError:
-                if not stop.is_set():
-                    problems.append(f"racer {process}: barrier broken at code {i}")
-                return
-            for n in range(1 + spec.retry_serialization):
-                _, done = attempt(process, spec.operation, {"code": i, "attempt": n},
-                                  partial(call, code), record)
-                if not _is_serialization_failure(done):
-                    break
-            flush()
-
-    threads = [threading.Thread(target=racer, args=(p,), daemon=True) for p in racer_ids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    finished.set()
-    flush(force=True)
-    for problem in problems:
-        results.put(("error", racer_ids, problem))
-    db.close()
-    results.put(("done", racer_ids, None))
-
-
-@cache
-def _context() -> Any:
-    # forkserver: children fork from a clean server that has already imported
-    # the harness (cheap to start, no inherited pool threads or sockets).
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["harness.race", "harness.targets", "harness.repository"])
-    return ctx
-
-
 class Nemesis(Protocol):
     """A fault injector run beside a race (see ``harness.nemesis``)."""
 
@@ -276,11 +204,67 @@ class Nemesis(Protocol):
     def stop(self) -> dict[str, Any]: ...
 
 
+class RaceInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a race: the racers are stopped, ``report`` is what had happened."""
+
+    def __init__(self, report: RaceReport) -> None:
+        super().__init__("race interrupted")
+        self.report = report
+
+
 def _split(racers: int, processes: int) -> list[list[int]]:
     groups: list[list[int]] = [[] for _ in range(processes)]
     for r in range(racers):
         groups[r % processes].append(r)
     return [g for g in groups if g]
+
+
+@dataclass
+class _Worker:
+    """One racer process as the parent sees it."""
+
+    racer_ids: list[int]
+    proc: subprocess.Popen[bytes]
+    stderr: Any
+    at: int = -1
+    ready: bool = False
+    done: bool = False
+    alive: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"racers {','.join(map(str, self.racer_ids))} (pid {self.proc.pid})"
+
+
+def _start_worker(spec: RaceSpec, racer_ids: list[int]) -> _Worker:
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the worker, after the race
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness._racer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=stderr, start_new_session=True, bufsize=0)
+    worker = _Worker(racer_ids, proc, stderr)
+    assert proc.stdin is not None
+    _send(worker, ("spec", spec, racer_ids))
+    return worker
+
+
+def _send(worker: _Worker, message: tuple[Any, ...]) -> None:
+    from harness._racer import send
+
+    if not worker.alive or worker.proc.stdin is None:
+        return
+    try:
+        send(worker.proc.stdin, threading.Lock(), message)
+    except (BrokenPipeError, OSError):
+        worker.alive = False
+
+
+def _stderr_tail(worker: _Worker) -> str:
+    try:
+        worker.stderr.seek(0)
+        text: str = worker.stderr.read().decode("utf-8", "replace").strip()
+    except (OSError, ValueError):
+        return ""
+    return text.splitlines()[-1][:300] if text else ""
 
 
 def race_processes(
@@ -294,75 +278,123 @@ def race_processes(
     """Race ``spec.racers`` racers over ``spec.codes`` stored codes from ``processes`` OS processes.
 
     Codes must already be stored (``seed_codes``). ``progress`` is called with
-    the number of codes every racer has finished. The run never waits longer
-    than ``timeout_s``: racers still running then are stopped, their open
-    attempts stay indeterminate, and ``stats["incomplete"]`` says so.
+    the number of codes every racer has finished. Every wait is bounded: the
+    run never lasts longer than ``timeout_s``; a racer process that dies ends
+    the race; in both cases the racers still running are stopped, their open
+    attempts stay indeterminate (``info``), and ``stats["incomplete"]`` says
+    why. Ctrl-C stops the racers within about a second and raises
+    :class:`RaceInterrupted` with the partial report.
     """
     if spec.racers < 1 or spec.codes < 1:
         raise ValueError("a race needs at least one racer and one code")
+    if not math.isfinite(timeout_s) or timeout_s <= 0:
+        raise SetupError("the race timeout must be a positive number of seconds")
     processes = max(1, min(processes or spec.racers, spec.racers))
-    ctx = _context()
-    barrier = ctx.Barrier(spec.racers)
-    results = ctx.Queue()
-    stop = ctx.Event()
-    groups = _split(spec.racers, processes)
-    workers = [ctx.Process(target=_racer_process, args=(spec, g, barrier, results, stop),
-                           name=f"racers-{g[0]}", daemon=True) for g in groups]
+    from harness._racer import receive
+
     history = History()
     errors: list[str] = []
     per_code: dict[int, int] = defaultdict(int)
     finished = 0
-    done = ready = 0
     deadline = time.monotonic() + timeout_s
     nemesis_stats: dict[str, Any] = {}
     nemesis_started = False
-    for w in workers:
-        w.start()
+    interrupted = False
+    released = -1
+    workers = [_start_worker(spec, g) for g in _split(spec.racers, processes)]
+    by_fd = {w.proc.stdout.fileno(): w for w in workers if w.proc.stdout is not None}
+    selector = selectors.DefaultSelector()
+    for fd, w in by_fd.items():
+        selector.register(fd, selectors.EVENT_READ, w)
+
+    def handle(worker: _Worker, message: tuple[Any, ...]) -> None:
+        nonlocal finished
+        kind = message[0]
+        if kind == "ops":
+            history.extend(message[1])
+            for op in message[1]:
+                if op.type != "invoke" and not _is_retry(op):
+                    i = op.value["code"]
+                    per_code[i] += 1
+                    if per_code[i] == spec.racers:
+                        finished += 1
+                        if progress is not None:
+                            progress(1)
+        elif kind == "ready":
+            worker.ready = True
+        elif kind == "at":
+            worker.at = int(message[1])
+        elif kind == "error":
+            errors.append(str(message[1]))
+        elif kind == "done":
+            worker.done = True
+
+    def lost(worker: _Worker) -> None:
+        worker.alive = False
+        with contextlib.suppress(KeyError, ValueError):
+            selector.unregister(worker.proc.stdout.fileno())  # type: ignore[union-attr]
+        if not worker.done:
+            code = worker.proc.poll()
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+            tail = _stderr_tail(worker)
+            errors.append(f"racer process died mid-race ({worker.name}, {how})"
+                          + (f": {tail}" if tail else ""))
+
     try:
-        while done < len(workers):
+        while not all(w.done or not w.alive for w in workers):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                errors.append(f"timed out after {timeout_s:.0f} s")
+                errors.append(f"timed out after {timeout_s:g} s")
                 break
-            try:
-                kind, _ids, payload = results.get(timeout=min(remaining, 1.0))
-            except queue.Empty:
-                if not any(w.is_alive() for w in workers):
-                    errors.append("racer processes exited without reporting")
-                    break
-                continue
-            if kind == "ops":
-                history.extend(payload)
-                for op in payload:
-                    if op.type != "invoke" and op.process != "nemesis":
-                        i = op.value["code"]
-                        per_code[i] += 1 if not _is_retry(op) else 0
-                        if per_code[i] == spec.racers:
-                            finished += 1
-                            if progress is not None:
-                                progress(1)
-            elif kind == "ready":
-                ready += 1
-                if ready == len(workers) and nemesis is not None:
-                    nemesis.start(history)
-                    nemesis_started = True
-            elif kind == "error":
-                errors.append(payload)
-            elif kind == "done":
-                done += 1
+            for key, _ in selector.select(timeout=min(remaining, 0.5)):
+                worker = key.data
+                message = receive(worker.proc.stdout)
+                if message is None:
+                    lost(worker)
+                else:
+                    handle(worker, message)
+            if any(not w.alive and not w.done for w in workers):
+                break  # a racer process died: the others would wait for it at the next code
+            if (nemesis is not None and not nemesis_started
+                    and all(w.ready for w in workers if w.alive)):
+                nemesis.start(history)
+                nemesis_started = True
+            # The barrier: once every live process stands at the next code, release them all.
+            nxt = released + 1
+            if nxt < spec.codes and all(w.at >= nxt for w in workers):
+                for w in workers:
+                    _send(w, ("go", nxt))
+                released = nxt
+    except KeyboardInterrupt:
+        interrupted = True
+        errors.append("interrupted")
     finally:
-        stop.set()
-        barrier.abort()
+        for w in workers:
+            _send(w, ("stop",))
+        grace = time.monotonic() + STOP_GRACE_S
+        while any(w.alive and not w.done for w in workers) and time.monotonic() < grace:
+            try:
+                ready = selector.select(timeout=0.1)
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+                break
+            for key, _ in ready:
+                worker = key.data
+                message = receive(worker.proc.stdout)
+                if message is None:
+                    lost(worker)
+                else:
+                    handle(worker, message)
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.proc.wait(timeout=5)
+            for stream in (w.proc.stdin, w.proc.stdout, w.stderr):
+                with contextlib.suppress(OSError, AttributeError):
+                    stream.close()  # type: ignore[union-attr]
+        selector.close()
         if nemesis is not None and nemesis_started:
             nemesis_stats = nemesis.stop()
-        _drain(results, history)
-        for w in workers:
-            w.join(timeout=10)
-            if w.is_alive():
-                w.kill()
-                w.join(timeout=5)
-        _drain(results, history)
-        results.close()
     racer_ops = [op for op in history.ops if op.process != "nemesis"]
     starts = [op.time for op in racer_ops if op.type == "invoke"]
     ends = [op.time for op in racer_ops if op.type != "invoke"]
@@ -375,29 +407,23 @@ def race_processes(
         "codes_finished": finished,
         "attempts_per_s": counts["invoke"] / elapsed_s if elapsed_s else 0.0,
         "codes_per_s": finished / elapsed_s if elapsed_s else 0.0,
-        "serialization_failures": sum(1 for op in racer_ops if _is_serialization_failure(op)),
+        "serialization_failures": sum(1 for op in racer_ops if is_serialization_failure(op)),
         "errors": errors,
+        "interrupted": interrupted,
         "incomplete": finished < spec.codes or bool(errors),
     }
     if nemesis is not None:
         stats["nemesis"] = nemesis_stats
     f = spec.operation
-    return RaceReport(history, single_winner(history, f=f), overlap_first_attempts(history, f=f),
-                      stats)
+    report = RaceReport(history, single_winner(history, f=f), overlap_first_attempts(history, f=f),
+                        stats)
+    if interrupted:
+        raise RaceInterrupted(report)
+    return report
 
 
 def _is_retry(op: Op) -> bool:
     return isinstance(op.value, dict) and op.value.get("attempt", 0) > 0
-
-
-def _drain(results: Any, history: History) -> None:
-    while True:
-        try:
-            kind, _ids, payload = results.get_nowait()
-        except (queue.Empty, OSError, ValueError):
-            return
-        if kind == "ops":
-            history.extend(payload)
 
 
 def overlap_first_attempts(history: History, *, f: str) -> Result:
@@ -427,9 +453,12 @@ def race(
     nemesis: str = "none",
     progress: Callable[[int], None] | None = None,
     timeout_s: float = 600.0,
+    scope: RunScope | None = None,
 ) -> RaceReport:
     """Seed ``codes`` fresh codes, race them from several processes, and judge the history.
 
+    The codes belong to a client and user of this run (``scope``, or a scope
+    of its own that is removed when the race ends, also on Ctrl-C).
     ``strategy`` / ``isolation`` override the target's ``claim_strategy`` /
     ``claim_isolation``. ``stats`` gains the settings, ``double_won`` and
     ``no_winner`` (code index and a shortened at-rest digest, never the raw code).
@@ -444,25 +473,48 @@ def race(
         raise SetupError("a race needs at least 1 code")
     if operation not in ("exchange", "validate"):
         raise SetupError(f"unknown operation {operation!r}: use exchange or validate")
+    if not math.isfinite(timeout_s) or timeout_s <= 0:
+        raise SetupError("the race timeout must be a positive number of seconds")
+    if retry_serialization < 0:
+        raise SetupError("retry_serialization must be >= 0")
     settings = Settings.from_env()
     pepper = pepper or settings.pepper
     if not pepper:
         raise SetupError("no pepper: set HARNESS_AT_REST_PEPPER (or pass one)")
     name = target or settings.target
-    spec = RaceSpec(url=db.url, target=name, pepper=pepper, seed=seed or secrets.token_hex(8),
-                    codes=codes, racers=racers, operation=operation, strategy=strategy,
-                    isolation=isolation, retry_serialization=retry_serialization,
-                    app_name=f"{APP_NAME_PREFIX}-{secrets.token_hex(4)}")
-    repo = load_target(name, db, pepper=pepper, **spec.target_options())
+    repo = load_target(name, db, pepper=pepper, **(
+        RaceSpec(url="", target=name, pepper=None, seed="", codes=1, racers=1, strategy=strategy,
+                 isolation=isolation).target_options()))
+    own_scope = scope is None
+    run = scope or RunScope(db, "race")
     try:
-        seed_codes(repo, spec.seed, codes)
-    except InternalError as exc:
-        raise SetupError(f"could not store the race codes ({exc.detail}); "
-                         "a code of this seed may already exist: use another seed") from exc
-    fault = make_nemesis(db, nemesis, spec.app_name)
-    report = race_processes(spec, processes=processes or default_processes(racers),
-                            progress=progress, nemesis=fault, timeout_s=timeout_s)
+        client, user = run.party("racer", "racer-user")
+        spec = RaceSpec(url=db.url, target=name, pepper=pepper,
+                        seed=seed or secrets.token_hex(8), codes=codes, racers=racers,
+                        operation=operation, strategy=strategy, isolation=isolation,
+                        retry_serialization=retry_serialization,
+                        app_name=f"{APP_NAME_PREFIX}-{run.run_id}", client=client)
+        try:
+            seed_codes(repo, spec.seed, codes, client=client, user=user)
+        except InternalError as exc:
+            raise SetupError(f"could not store the race codes ({exc.detail}); "
+                             "a code of this seed may already exist: use another seed") from exc
+        fault = make_nemesis(db, nemesis, spec.app_name)
+        try:
+            report = race_processes(spec, processes=processes or default_processes(racers),
+                                    progress=progress, nemesis=fault, timeout_s=timeout_s)
+        except RaceInterrupted as stopped:
+            _describe(stopped.report, repo, spec, name, strategy, isolation)
+            raise
+        _describe(report, repo, spec, name, strategy, isolation)
+        return report
+    finally:
+        if own_scope:
+            run.cleanup()
 
+
+def _describe(report: RaceReport, repo: Any, spec: RaceSpec, name: str, strategy: str | None,
+              isolation: str | None) -> None:
     def listed(problem: str) -> list[dict[str, Any]]:
         return [{"code": row["code"], "digest": repo.hash(race_code(spec.seed, row["code"]))[:12],
                  "wins": row["wins"]}
@@ -473,14 +525,13 @@ def race(
         "target": name,
         "strategy": str(getattr(repo, "claim_strategy", strategy)),
         "isolation": str(getattr(repo, "claim_isolation", isolation)),
-        "operation": operation,
-        "racers": racers,
-        "codes": codes,
-        "retry_serialization": retry_serialization,
+        "operation": spec.operation,
+        "racers": spec.racers,
+        "codes": spec.codes,
+        "retry_serialization": spec.retry_serialization,
         "double_won": listed("won more than once"),
         "no_winner": listed("no winner"),
     })
-    return report
 
 
 #: Below this fraction of codes with ≥ 2 attempts in flight at once, a run did not race.

@@ -38,6 +38,7 @@ from harness.database import Database
 from harness.errors import SetupError
 from harness.repository import OAuthRepository
 from harness.scenario import NotApplicable, Scenario, ScenarioError, Step
+from harness.scope import RunScope
 from harness.settings import Settings
 from harness.targets import load_target
 
@@ -99,41 +100,42 @@ class CheckResult:
 
 @dataclass
 class Context:
-    """What a check function gets: the database, a factory for fresh targets, and unique names."""
+    """What a check function gets: the database, a factory for fresh targets, and unique names.
+
+    Every name it hands out starts with its run scope's prefix
+    (``cc-<run id>-…``, ``harness.scope``), so the rows a check creates are
+    found and removed by that prefix and by nothing else.
+    """
 
     db: Database
     target_name: str
     pepper: str | bytes
     spec: CheckSpec
+    scope: RunScope
     scenario: Scenario = field(default_factory=Scenario)
-    run_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     user: str = ""
-    #: What ``cleanup()`` runs: each check registers how to remove the rows it created.
+    #: What ``cleanup()`` runs before the scope's removal (e.g. rows found by digest).
     cleanups: list[Callable[[], None]] = field(default_factory=list)
-    _clients: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.user = self.name("user")
 
     def name(self, suffix: str) -> str:
-        """A name unique to this run of this check (clients, users, codes)."""
+        """A name unique to this run of this check (clients, users, codes), under the scope's prefix."""
         slug = re.sub(r"[^a-z0-9]+", "-", self.spec.id.lower()).strip("-")
-        return f"cc-{slug}-{self.run_id}-{suffix}"
+        return self.scope.name(f"{self.run_id}-{slug}-{suffix}")
 
     def client(self, label: str = "a") -> str:
         """A registered client (``oauth_clients`` row) unique to this run."""
         client_id = self.name(f"client-{label}")
         self.db.ensure_party(client_id, self.user)
-        self._clients.append(client_id)
         return client_id
 
     def cleanup(self) -> None:
-        """Remove this run's clients and user (their codes and tokens go with them: ON DELETE CASCADE)."""
+        """Run the check's own cleanups; the scope's owner removes the rows by prefix."""
         for fn in self.cleanups:
             fn()
-        with self.db.connect() as conn:
-            conn.execute("DELETE FROM oauth_clients WHERE client_id = ANY(%s)", (self._clients,))
-            conn.execute("DELETE FROM users WHERE id = %s", (self.user,))
 
     def target(self, *, clock: ManualClock | None = None, pepper: str | bytes | None = None,
                **options: Any) -> OAuthRepository:
@@ -214,17 +216,20 @@ def _pepper(pepper: str | bytes | None) -> str | bytes:
 
 
 def run_check(check_id: str, db: Database, target_name: str, pepper: str | bytes | None = None,
-              *, cleanup: bool = False) -> CheckResult:
+              *, scope: RunScope | None = None, keep_rows: bool = False) -> CheckResult:
     """Run one check on a fresh instance of ``target_name``; never raises for a target's failure.
 
-    ``SetupError`` (unknown target, no pepper) does propagate: nothing was judged. With
-    ``cleanup`` the rows the check created are deleted afterwards (the CLI does; notebooks keep
-    them to show).
+    ``SetupError`` (unknown target, no pepper) does propagate: nothing was judged. The rows the
+    check creates are named under ``scope`` and left for its owner to remove (a notebook shows
+    them, then cleans up); without a scope the check uses one of its own and removes its rows
+    afterwards, unless ``keep_rows``.
     """
     if check_id not in _REGISTRY:
         raise SetupError(f"unknown check {check_id!r}: known checks are {', '.join(CATALOGUE)}")
     entry = _REGISTRY[check_id]
-    ctx = Context(db, target_name, _pepper(pepper), entry.spec)
+    own = scope is None
+    run = scope or RunScope(db, f"check {check_id}", remove=not keep_rows)
+    ctx = Context(db, target_name, _pepper(pepper), entry.spec, run)
     started = time.monotonic()
     verdict: Verdict
     extra: list[dict[str, Any]] = []
@@ -246,8 +251,10 @@ def run_check(check_id: str, db: Database, target_name: str, pepper: str | bytes
     else:
         verdict = "violated" if ctx.scenario.violated else "holds"
     finally:
-        if cleanup:
+        if own and not keep_rows:
             ctx.cleanup()
+        if own:
+            run.cleanup()
     evidence = extra + (ctx.scenario.evidence or [
         {"step": s.action, "expected": s.expected, "observed": s.observed, "ok": s.ok}
         for s in ctx.scenario.steps if s.judged
@@ -259,14 +266,17 @@ def run_check(check_id: str, db: Database, target_name: str, pepper: str | bytes
 def scan(db: Database, target_name: str, only: Iterable[str] | None = None,
          pepper: str | bytes | None = None,
          progress: Callable[[CheckResult], None] | None = None,
-         *, cleanup: bool = False) -> list[CheckResult]:
-    """Run every check (or those ``only`` selects) on ``target_name``, in catalogue order."""
+         *, scope: RunScope | None = None, keep_rows: bool = False) -> list[CheckResult]:
+    """Run every check (or those ``only`` selects) on ``target_name``, in catalogue order.
+
+    Each check removes its rows when it ends (see ``run_check``), unless ``scope`` is given.
+    """
     pepper = _pepper(pepper)
     # Resolve the target once up front, so an unknown or broken one is a setup error, not N errors.
     load_target(target_name, db, pepper=pepper, clock=ManualClock())
     results = []
     for check_id in select(only):
-        result = run_check(check_id, db, target_name, pepper, cleanup=cleanup)
+        result = run_check(check_id, db, target_name, pepper, scope=scope, keep_rows=keep_rows)
         results.append(result)
         if progress is not None:
             progress(result)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.checks import Context, check
-from harness.race import race_code, race_threads, seed_codes
+from harness.race import race_threads, seed_codes
 from harness.scenario import ScenarioError
 
 #: Small enough for a scan to take seconds, large enough that a non-atomic claim is always caught.
@@ -24,17 +24,10 @@ MIN_RACED_FRACTION = 0.5
 def single_winner(ctx: Context) -> None:
     target = ctx.target()
     seed = ctx.name("race")
-    digests = [target.hash(race_code(seed, i)) for i in range(CODES)]
-
-    def remove_race_rows() -> None:
-        with ctx.db.connect() as conn:
-            conn.execute("DELETE FROM oauth_refresh_tokens WHERE token_id IN (SELECT refresh_token_id "
-                         "FROM oauth_auth_codes WHERE code = ANY(%s))", (digests,))
-            conn.execute("DELETE FROM oauth_auth_codes WHERE code = ANY(%s)", (digests,))
-
-    ctx.cleanups.append(remove_race_rows)
-    ctx.sc.setup(f"seed {CODES} codes", lambda: seed_codes(target, seed, CODES))
-    report = race_threads(target, racers=RACERS, codes=CODES, seed=seed)
+    client = ctx.client("racer")
+    ctx.sc.setup(f"seed {CODES} codes",
+                 lambda: seed_codes(target, seed, CODES, client=client, user=ctx.user))
+    report = race_threads(target, racers=RACERS, codes=CODES, seed=seed, client=client)
     ov, wins = report.overlap.summary, report.winners.summary
     raced = float(ov.get("raced_fraction") or 0.0)
     ctx.sc.observe("codes with ≥ 2 racers in flight at once", expected=f"≥ {MIN_RACED_FRACTION:.0%}",

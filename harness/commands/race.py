@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -11,10 +12,11 @@ from typing import Any
 from tqdm import tqdm
 
 from harness.claims import Isolation, Strategy
-from harness.cli import positive_int
+from harness.cli import EXIT_INTERRUPTED, positive_int
 from harness.database import connect
+from harness.errors import SetupError
 from harness.nemesis import FAULTS
-from harness.race import MIN_RACED_FRACTION, RaceReport, race, verdict
+from harness.race import MIN_RACED_FRACTION, RaceInterrupted, RaceReport, race, verdict
 
 #: Double-won codes printed in the table (all of them are in the JSON).
 _LISTED = 20
@@ -120,26 +122,33 @@ def _table(doc: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.min_raced <= 1.0:
-        print("harness race: error: --min-raced must be between 0 and 1", file=sys.stderr)
-        return 2
+        raise SetupError("--min-raced must be between 0 and 1")
     if args.retry_serialization < 0:
-        print("harness race: error: --retry-serialization must be >= 0", file=sys.stderr)
-        return 2
+        raise SetupError("--retry-serialization must be >= 0")
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        raise SetupError("--timeout must be a positive number of seconds")
+    interrupted = False
     with connect() as db, tqdm(total=args.codes, unit="code", file=sys.stderr, desc="race",
                                disable=args.no_progress, mininterval=0.5) as bar:
         def advance(codes: int) -> None:
             bar.update(codes)
 
-        report = race(db, args.target, racers=args.racers, codes=args.codes, pepper=args.pepper,
-                      seed=args.seed, processes=args.processes, operation=args.operation,
-                      strategy=args.strategy, isolation=args.isolation,
-                      retry_serialization=args.retry_serialization, nemesis=args.nemesis,
-                      progress=advance, timeout_s=args.timeout)
-    status = verdict(report, min_raced=args.min_raced)
+        try:
+            report = race(db, args.target, racers=args.racers, codes=args.codes, pepper=args.pepper,
+                          seed=args.seed, processes=args.processes, operation=args.operation,
+                          strategy=args.strategy, isolation=args.isolation,
+                          retry_serialization=args.retry_serialization, nemesis=args.nemesis,
+                          progress=advance, timeout_s=args.timeout)
+        except RaceInterrupted as stopped:
+            report, interrupted = stopped.report, True
+    status = "interrupted" if interrupted else verdict(report, min_raced=args.min_raced)
     doc = summarise(report, status)
     try:
         print(json.dumps(doc, indent=2, default=str) if args.format == "json" else _table(doc))
     except BrokenPipeError:  # `harness race | head`: the verdict still decides the exit status
         # Point stdout at /dev/null so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if interrupted:
+        print("harness: interrupted: the report above is partial", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0 if status == "pass" else 1

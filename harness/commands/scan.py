@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     with connect() as db:
         for target in targets:
             t0 = time.monotonic()
-            found = scan(db, target, only=only, pepper=pepper, cleanup=not args.keep_rows)
+            found = scan(db, target, only=only, pepper=pepper, keep_rows=args.keep_rows)
             results += found
             print(f"scanned {target}: {len(found)} checks in {time.monotonic() - t0:.1f} s",
                   file=sys.stderr)

@@ -1,0 +1,185 @@
+"""A racer process: ``python -m harness._racer``, driven by ``harness.race`` over its stdin and stdout.
+
+It rebuilds the target from a picklable spec, runs one thread per racer and,
+for every code, tells the parent when all its racers stand at the barrier
+(``("at", i)``) and releases them when the parent says ``("go", i)``. The
+barrier lives in the parent, so a racer process that dies (a SIGKILL, a
+crash) can never leave the others waiting on a lock it held: the parent sees
+its pipe close and ends the race with a report.
+
+The process dies with its parent (Linux ``PR_SET_PDEATHSIG``) and sits in a
+session of its own, so a terminal's Ctrl-C reaches only the parent, which
+stops the racers and reports.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import IO, Any
+
+_HEADER = struct.Struct("!I")
+
+
+def send(stream: IO[bytes], lock: threading.Lock, message: tuple[Any, ...]) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    with lock:
+        stream.write(_HEADER.pack(len(data)) + data)
+        stream.flush()
+
+
+def receive(stream: IO[bytes]) -> tuple[Any, ...] | None:
+    """The next message, or ``None`` at end of stream."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    message: tuple[Any, ...] = pickle.loads(data)
+    return message
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGKILL when the parent dies (Linux); elsewhere the parent's pipe EOF ends us."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def main() -> int:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates an interrupt
+    # The protocol owns the original stdout; anything the target prints goes to stderr.
+    proto_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    proto_in = sys.stdin.buffer
+    lock = threading.Lock()
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+    logging.getLogger("harness").propagate = False  # the targets warn on every lost race
+    first = receive(proto_in)
+    if first is None or first[0] != "spec":
+        return 2
+    spec, racer_ids = first[1], first[2]
+    try:
+        run(spec, racer_ids, proto_in, proto_out, lock)
+    except BaseException as exc:  # report, never a traceback on the parent's terminal
+        try:
+            send(proto_out, lock, ("error", f"racer process failed: {type(exc).__name__}: {exc}"))
+            send(proto_out, lock, ("done",))
+        except OSError:
+            pass
+        return 1
+    return 0
+
+
+def run(spec: Any, racer_ids: list[int], proto_in: IO[bytes], proto_out: IO[bytes],
+        lock: threading.Lock) -> None:
+    from psycopg import conninfo
+
+    from harness.database import Database
+    from harness.history import Op
+    from harness.race import attempt, is_serialization_failure, race_code
+    from harness.targets import load_target
+
+    try:
+        url = conninfo.make_conninfo(spec.url, application_name=spec.app_name)
+        db = Database(url, pool_size=len(racer_ids) + 1, pool_timeout_s=30)
+        target = load_target(spec.target, db, pepper=spec.pepper, **spec.target_options())
+        with db.write_pool.connection(), db.read_pool.connection():
+            pass  # connected before the first barrier, as pgbench connects before its clock
+    except Exception as exc:
+        send(proto_out, lock, ("error", f"racer setup failed: {type(exc).__name__}: "
+                                        f"{str(exc).splitlines()[0] if str(exc) else ''}"))
+        send(proto_out, lock, ("done",))
+        return
+
+    call: Callable[[str], Any]
+    if spec.operation == "exchange":
+        def call(code: str) -> Any:
+            return target.exchange_code(code, spec.client, spec.redirect_uri)
+    else:
+        def call(code: str) -> Any:
+            return target.validate_authorization_code(code, spec.client, spec.redirect_uri)
+
+    buffer: list[Op] = []
+    buffer_lock = threading.Lock()
+    stop = threading.Event()
+
+    def record(op: Op) -> None:
+        with buffer_lock:
+            buffer.append(op)
+
+    def flush() -> None:
+        with buffer_lock:
+            batch = buffer[:]
+            buffer.clear()
+        if batch:
+            send(proto_out, lock, ("ops", batch))
+
+    def keep_flushing() -> None:
+        # A racer stuck in an attempt flushes nothing: its invoke must still reach the parent.
+        while not stop.wait(0.2):
+            flush()
+
+    local = len(racer_ids)
+    arrive = threading.Barrier(local + 1)
+    release = threading.Barrier(local + 1)
+
+    def racer(process: int) -> None:
+        for i in range(spec.codes):
+            try:
+                arrive.wait()
+                release.wait()
+            except threading.BrokenBarrierError:
+                return
+            code = race_code(spec.seed, i)
+            for n in range(1 + spec.retry_serialization):
+                _, done = attempt(process, spec.operation, {"code": i, "attempt": n},
+                                  partial(call, code), record)
+                if not is_serialization_failure(done):
+                    break
+
+    threads = [threading.Thread(target=racer, args=(p,), daemon=True) for p in racer_ids]
+    for t in threads:
+        t.start()
+    threading.Thread(target=keep_flushing, daemon=True).start()
+    send(proto_out, lock, ("ready",))
+    started = time.monotonic()
+    try:
+        for i in range(spec.codes):
+            arrive.wait()
+            flush()
+            send(proto_out, lock, ("at", i))
+            message = receive(proto_in)
+            if message is None or message[0] != "go" or message[1] != i:
+                break  # stop, or the parent is gone
+            release.wait()
+        else:
+            for t in threads:
+                t.join()
+    finally:
+        arrive.abort()
+        release.abort()
+        stop.set()
+        flush()
+        send(proto_out, lock, ("done", time.monotonic() - started))
+    # Racers still inside an attempt (a hung target) are daemon threads: the parent kills us.
+    db.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
