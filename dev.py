@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -47,8 +48,37 @@ def env() -> dict[str, str]:
 
 
 def sh(*args: str) -> int:
+    """Run a command; Ctrl-C and SIGTERM reach it and dev.py waits for it to clean up.
+
+    ``subprocess.run`` would kill the child 0.25 s after a Ctrl-C, before it
+    could stop its racers, remove its rows or stop the embedded server.
+    """
     print("+", " ".join(args), flush=True)
-    return subprocess.run(args, cwd=ROOT, env=env()).returncode
+    proc = subprocess.Popen(args, cwd=ROOT, env=env())
+
+    def forward(signum: int, frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                # The terminal sent SIGINT to the whole group: the child has it too. Give it
+                # time to end cleanly, then make sure it ends.
+                try:
+                    return proc.wait(timeout=30)
+                except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                    proc.terminate()
+                    try:
+                        return proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_run(extra: list[str]) -> int:
@@ -114,7 +144,10 @@ def main() -> int:
         print(f"usage: python3 dev.py {{{'|'.join(COMMANDS)}}} [args...]", file=sys.stderr)
         return 2
     ensure_venv()
-    return COMMANDS[sys.argv[1]](sys.argv[2:])
+    try:
+        return COMMANDS[sys.argv[1]](sys.argv[2:])
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

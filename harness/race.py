@@ -539,14 +539,18 @@ MIN_RACED_FRACTION = 0.9
 
 
 def verdict(report: RaceReport, *, min_raced: float = MIN_RACED_FRACTION) -> str:
-    """``pass``, or why not: ``double win``, ``no winner``, ``incomplete`` or ``no race``.
+    """``pass``, or why not: ``double win``, ``no winner``, ``incomplete``, ``no race`` or ``nothing won``.
 
-    A run in which the racers did not overlap proves nothing, so it never passes.
+    A run in which the racers did not overlap proves nothing, so it never
+    passes; nor does one in which no attempt was won (e.g. a target whose
+    every call fails indeterminately).
     """
     if report.winners.summary.get("double_wins", 0):
         return "double win"
     if report.winners.summary.get("no_winner", 0):
         return "no winner"
+    if not report.winners.summary.get("wins", 0):
+        return "nothing won"
     if report.stats.get("incomplete"):
         return "incomplete"
     if report.overlap.summary.get("raced_fraction", 0.0) < min_raced:

@@ -32,11 +32,12 @@ def run_python(code: str, data_dir: Path) -> dict[str, object]:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "pgdata"
+def data_dir(pg_data_dir: Path) -> Iterator[Path]:
+    path = pg_data_dir
     yield path
     # never leave a server behind, whatever the test did
-    EmbeddedServer(path).stop()
+    if EmbeddedServer(path).is_harness_cluster():
+        EmbeddedServer(path).stop(force=True)
 
 
 CONNECT_AND_CLOSE = """

@@ -44,10 +44,11 @@ def wait_for(url: str, deadline_s: float, proc: subprocess.Popen[bytes]) -> http
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    path = (tmp_path / "pgdata").resolve()
+def data_dir(pg_data_dir: Path) -> Iterator[Path]:
+    path = pg_data_dir.resolve()
     yield path
-    EmbeddedServer(path).stop()
+    if EmbeddedServer(path).is_harness_cluster():
+        EmbeddedServer(path).stop(force=True)
 
 
 def lab_env(data_dir: Path, tmp_path: Path) -> dict[str, str]:

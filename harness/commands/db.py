@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.database import Database, check_reachable, connect, describe_target
+from harness.database import Database, check_reachable, describe_target
 from harness.embedded import EmbeddedServer
 from harness.errors import SetupError
 from harness.settings import Settings, default_data_dir
@@ -59,8 +59,13 @@ def _migrate(args: argparse.Namespace) -> int:
         print(f"schema ready in {describe_target(url)} ({len(statements)} statements, "
               "existing tables left as they were)")
         return 0
-    with connect(data_dir=args.data_dir) as db:
-        print(f"schema ready in the embedded cluster {db.data_dir}")
+    server = EmbeddedServer(args.data_dir or default_data_dir())
+    url, _, lease = server.acquire()
+    try:
+        Database(url, embedded=server).migrate()
+    finally:
+        server.release(lease)
+    print(f"schema ready in the embedded cluster {server.data_dir}")
     return 0
 
 
@@ -76,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
               f"{server.data_dir}", file=sys.stderr)
     if args.action == "start":
         url, started = server.start()
-        with connect(data_dir=server.data_dir):
-            pass  # the schema, so that kernels and Locust workers find it ready
+        Database(url, embedded=server).migrate()  # ready for kernels and Locust workers
         print(url)
         print(("started" if started else "already running") + f"; it stays up until `harness db stop` "
               f"(data: {server.data_dir})", file=sys.stderr)

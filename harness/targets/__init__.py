@@ -30,6 +30,11 @@ REQUIRED_METHODS = (
 )
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
 def known_targets() -> list[str]:
     return sorted(BUILTIN)
 
@@ -42,10 +47,13 @@ def _resolve(spec: str) -> Factory:
             "or 'package.module:factory'"
         )
     module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise SetupError(f"target {spec!r}: write it as 'package.module:factory'")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SetupError(f"target {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # a reviewer's module may raise anything on import
+        raise SetupError(f"target {spec!r}: cannot import module {module_name!r}: "
+                         f"{type(exc).__name__}: {_first_line(exc)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise SetupError(f"target {spec!r}: {module_name!r} has no callable {attr!r}")
@@ -75,7 +83,12 @@ def load_target(
     try:
         target = factory(db, **kwargs, **options)
     except TypeError as exc:
-        raise SetupError(f"target {spec!r}: factory rejected its arguments: {exc}") from exc
+        raise SetupError(f"target {spec!r}: factory rejected its arguments: {_first_line(exc)}") from None
+    except SetupError:
+        raise
+    except Exception as exc:  # a reviewer's factory may raise anything
+        raise SetupError(f"target {spec!r}: the factory raised {type(exc).__name__}: "
+                         f"{_first_line(exc)}") from None
     missing = [m for m in REQUIRED_METHODS if not callable(getattr(target, m, None))]
     if missing:
         raise SetupError(f"target {spec!r} lacks the repository methods: {', '.join(missing)}")
