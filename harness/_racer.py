@@ -97,7 +97,9 @@ def run(spec: Any, racer_ids: list[int], proto_in: IO[bytes], proto_out: IO[byte
 
     try:
         url = conninfo.make_conninfo(spec.url, application_name=spec.app_name)
-        db = Database(url, pool_size=len(racer_ids) + 1, pool_timeout_s=30)
+        # No check on checkout: a connection the nemesis killed must fail its attempt (an
+        # indeterminate op, as a real client would see it), not be quietly replaced.
+        db = Database(url, pool_size=len(racer_ids) + 1, pool_timeout_s=10, check_on_checkout=False)
         target = load_target(spec.target, db, pepper=spec.pepper, **spec.target_options())
         with db.write_pool.connection(), db.read_pool.connection():
             pass  # connected before the first barrier, as pgbench connects before its clock

@@ -12,11 +12,19 @@ sent without blocking from one process per core, each driving its share of
 the connections as pgbench's ``-j`` threads do. ``ratio`` is the target
 path's ops/s over pgbench's transactions/s (DESIGN.md "Performance": the
 goal is ≥ 0.9); ``claim_ratio`` and ``mux_ratio`` likewise.
+
+Every row the bench writes belongs to its run (DESIGN.md, "Someone else's
+database"): a client and a user named ``cc-<run id>-…`` by
+:class:`~harness.scope.RunScope`, pgbench's codes named
+``cc-<run id>-pg-s<segment>-<number>``, the harness's codes stored for that
+client; at the end (also after Ctrl-C or a failure) exactly those rows are
+deleted, by the run's prefix.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import re
 import selectors
@@ -27,6 +35,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +47,41 @@ from harness.at_rest import hash_at_rest
 from harness.claims import ATOMIC_SQL
 from harness.database import Database
 from harness.errors import SetupError
-from harness.race import REDIRECT_URI, _context, race_code
+from harness.race import REDIRECT_URI, race_code
+from harness.scope import RunScope
 
-BENCH_CLIENT = "bench-client"
-BENCH_USER = "bench-user"
 #: Codes per second and segment seeded for pgbench at most (it reached ~16k here at 16 clients).
 DEFAULT_MAX_RATE = 30_000
-#: pgbench codes are decimal numbers from here (hex digests never look like this).
+#: pgbench's codes are its segment's prefix and a number from here: all numbers of one width,
+#: so text order is numeric order and each pgbench client walks neighbouring index keys.
 PGBENCH_BASE = 10**15
+#: What a prefix may hold to go into the pgbench script as an SQL literal with no quoting.
+_LITERAL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 
-#: ``:n`` persists per pgbench client, so each client walks its own slice of distinct codes.
-PGBENCH_SCRIPT = (
-    "\\set n :n + 1\n"
-    "\\set i :base + :client_id * :stride + :n\n"
-    + ATOMIC_SQL.replace("used_at = %s", "used_at = now()").replace("code = %s", "code = :i")
-    + ";\n"
-)
 
+def pgbench_script(prefix: str) -> str:
+    """The pgbench script: the seed's claim, on codes ``<prefix><number>`` only.
+
+    ``:n`` persists per pgbench client, so each client walks its own slice of
+    distinct codes. The prefix is the run's (``cc-<run id>-…``): a bare
+    number could be someone else's code, one with the prefix cannot.
+    """
+    if not _LITERAL_SAFE.fullmatch(prefix):
+        # It is spliced into SQL as a literal: refuse anything that would need quoting.
+        raise ValueError(f"pgbench code prefix must match {_LITERAL_SAFE.pattern}, got {prefix!r}")
+    claim = (ATOMIC_SQL.replace("used_at = %s", "used_at = now()")
+             .replace("code = %s", f"code = '{prefix}' || :i"))
+    return ("\\set n :n + 1\n"
+            "\\set i :base + :client_id * :stride + :n\n"
+            f"{claim};\n")
+
+
+@cache
+def _context() -> Any:
+    # forkserver: children fork from a clean server that has already imported the harness.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["harness.repository", "harness.targets"])
+    return ctx
 
 
 def find_pgbench() -> Path:
@@ -74,21 +101,23 @@ def find_pgbench() -> Path:
     return Path(found)
 
 
-def _seed_pgbench(db: Database, first: int, count: int) -> None:
+def _seed_pgbench(db: Database, client: str, user: str, prefix: str, first: int,
+                  count: int) -> None:
+    """Codes ``<prefix><first>`` … for pgbench, owned by the run's ``client`` and ``user``."""
     with db.connect() as conn:
         conn.execute(
             "INSERT INTO oauth_auth_codes (code, client_id, user_id, redirect_uri, scope, expires_at) "
-            "SELECT g::text, %s, %s, %s, 'openid', now() + interval '1 day' "
+            "SELECT %s || g::text, %s, %s, %s, 'openid', now() + interval '1 day' "
             "FROM generate_series(%s::bigint, %s::bigint) g",
-            (BENCH_CLIENT, BENCH_USER, REDIRECT_URI, first, first + count - 1),
+            (prefix, client, user, REDIRECT_URI, first, first + count - 1),
         )
 
 
-def _run_pgbench(pgbench: Path, url: str, clients: int, duration_s: float, base: int,
+def _run_pgbench(pgbench: Path, url: str, prefix: str, clients: int, duration_s: float, base: int,
                  stride: int) -> tuple[float, int, str]:
     with tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="claimcheck-bench-",
                                      delete=False) as script:
-        script.write(PGBENCH_SCRIPT)
+        script.write(pgbench_script(prefix))
     try:
         cmd = [str(pgbench), "-n", "-M", "prepared", "-c", str(clients),
                "-j", str(min(clients, os.cpu_count() or 1)), "-T", str(max(1, round(duration_s))),
@@ -124,14 +153,15 @@ def _report(results: Any, ok: int, errors: int, elapsed: float, *, ran_out: bool
     results.put((ok, errors, elapsed, "; ".join(filter(None, notes))))
 
 
-def _bench_process(url: str, pepper: str, seed: str, path: str, indices: list[int],
+def _bench_process(url: str, pepper: str, seed: str, path: str, client: str, indices: list[int],
                    duration_s: float, barrier: Any, results: Any) -> None:
     """One harness client: claim its own codes until time is up.
 
     ``path`` ``target``: ``validate_authorization_code`` of the faithful target
     (input checks, HMAC, pool, the claim, expiry/redirect/PKCE checks).
     ``claim``: ``harness.claims.claim`` with the HMAC digest on one dedicated
-    connection (the statement alone, as pgbench runs it).
+    connection (the statement alone, as pgbench runs it). ``client`` is the
+    run's client, which owns the codes.
     """
     from harness.claims import claim
     from harness.database import connect
@@ -159,7 +189,7 @@ def _bench_process(url: str, pepper: str, seed: str, path: str, indices: list[in
         n += 1
         try:
             if path == "target":
-                target.validate_authorization_code(code, BENCH_CLIENT, REDIRECT_URI)
+                target.validate_authorization_code(code, client, REDIRECT_URI)
             elif claim(conn, target.hash(code), target.clock.now()) is None:
                 errors += 1
                 first_error = first_error or "code not claimable"
@@ -183,7 +213,9 @@ def _mux_process(url: str, pepper: str, seed: str, slices: list[list[int]], dura
 
     The harness's claim statement and at-rest digest, sent through psycopg's
     libpq binding without blocking: the process waits on every socket at
-    once instead of one process per connection waiting on its own.
+    once instead of one process per connection waiting on its own. It needs
+    no client: the statement names the code by its digest alone, and the
+    digests derive from this run's random ``seed``, so only this run's rows match.
     """
     sql = ATOMIC_SQL.replace("%s", "$1", 1).replace("%s", "$2", 1).encode()
     try:
@@ -243,8 +275,8 @@ def _mux_process(url: str, pepper: str, seed: str, slices: list[list[int]], dura
     _report(results, ok, errors, elapsed, ran_out=out, first_error=first_error)
 
 
-def _run_harness(url: str, pepper: str, seed: str, path: str, clients: int, duration_s: float,
-                 order: list[int]) -> tuple[float, int, int, str]:
+def _run_harness(url: str, pepper: str, seed: str, path: str, client: str, clients: int,
+                 duration_s: float, order: list[int]) -> tuple[float, int, int, str]:
     ctx = _context()
     barrier = ctx.Barrier(clients)
     results = ctx.Queue()
@@ -259,8 +291,8 @@ def _run_harness(url: str, pepper: str, seed: str, path: str, clients: int, dura
                  for w in range(workers)]
     else:
         procs = [ctx.Process(target=_bench_process,
-                             args=(url, pepper, seed, path, slices[c], duration_s, barrier,
-                                   results), daemon=True)
+                             args=(url, pepper, seed, path, client, slices[c], duration_s,
+                                   barrier, results), daemon=True)
                  for c in range(clients)]
     for p in procs:
         p.start()
@@ -279,12 +311,13 @@ def _run_harness(url: str, pepper: str, seed: str, path: str, clients: int, dura
     return rate, ok, errors, "; ".join(f"{path}: {n}" for n in notes)
 
 
-def _claimed(db: Database, first: int, last: int) -> int:
+def _claimed(db: Database, client: str, prefix: str) -> int:
+    """Codes of one pgbench segment (its own prefix, the run's client) that were claimed."""
     with db.connect() as conn:
         row = conn.execute(
             "SELECT count(*) FROM oauth_auth_codes WHERE client_id = %s AND used_at IS NOT NULL "
-            "AND code ~ '^[0-9]+$' AND code::numeric BETWEEN %s AND %s",
-            (BENCH_CLIENT, first, last),
+            "AND starts_with(code, %s)",
+            (client, prefix),
         ).fetchone()
     return int(row[0]) if row else 0
 
@@ -296,12 +329,6 @@ def _checkpoint(db: Database) -> None:
             conn.execute("CHECKPOINT")
     except psycopg.Error:
         pass  # not a superuser (or pg_checkpoint) on someone else's server: run without
-
-
-def cleanup(db: Database) -> None:
-    """Delete every code the bench seeded (they belong to ``BENCH_CLIENT`` only)."""
-    with db.connect() as conn:
-        conn.execute("DELETE FROM oauth_auth_codes WHERE client_id = %s", (BENCH_CLIENT,))
 
 
 def _cap(clients: int, synchronous_commit: bool) -> int:
@@ -331,6 +358,9 @@ def bench(
     ``synchronous_commit=False`` both sides' sessions commit without waiting
     for the WAL flush: the disk's fsync latency (very noisy on a shared
     machine) leaves the measurement, the client's CPU cost stays in it.
+
+    The rows are this run's only (a :class:`RunScope`), removed on the way
+    out however the run ends; no other row is read, claimed or deleted.
     """
     counts = list(clients)
     paths = list(paths)
@@ -343,12 +373,13 @@ def bench(
     seed = os.urandom(8).hex()
     url = db.url if synchronous_commit else conninfo.make_conninfo(
         db.url, options="-c synchronous_commit=off")
-    db.ensure_party(BENCH_CLIENT, BENCH_USER)
-    cleanup(db)
+    # Opened before anything is written, closed in the finally below: every row of the run goes.
+    scope = RunScope(db, "bench")
     rows = []
     next_code = 0
-    base = PGBENCH_BASE
+    segment = 0
     try:
+        client, user = scope.party("bench", "bench-user")
         for c in counts:
             rates: dict[str, list[float]] = {"pgbench": [], **{p: [] for p in paths}}
             totals = {"pgbench_transactions": 0, "pgbench_claimed": 0, "harness_ops": 0,
@@ -356,15 +387,19 @@ def bench(
             notes: list[str] = []
             for _ in range(rounds):
                 stride = math.ceil(_cap(c, synchronous_commit) * duration_s / c) + 1
-                _seed_pgbench(db, base, c * stride + c)
+                # A prefix per segment (ends in "-", so none is another's prefix): its codes are
+                # distinct from every other segment's, and _claimed counts this segment's alone.
+                segment += 1
+                prefix = scope.name(f"pg-s{segment}-")
+                _seed_pgbench(db, client, user, prefix, PGBENCH_BASE, c * stride + c)
                 _checkpoint(db)
                 if progress is not None:
                     progress(f"pgbench, {c} clients")
-                tps, processed, _cmd = _run_pgbench(pgbench, url, c, duration_s, base, stride)
-                claimed = _claimed(db, base, base + c * stride + c)
+                tps, processed, _cmd = _run_pgbench(pgbench, url, prefix, c, duration_s,
+                                                    PGBENCH_BASE, stride)
+                claimed = _claimed(db, client, prefix)
                 if claimed < processed:
                     notes.append("pgbench ran out of codes")
-                base += 10**9
                 rates["pgbench"].append(tps)
                 totals["pgbench_transactions"] += processed
                 totals["pgbench_claimed"] += claimed
@@ -372,11 +407,12 @@ def bench(
                 # early and its rate is taken over the time it actually ran.
                 py_stride = math.ceil(1.5 * tps * duration_s / c) + 200
                 for path in paths:
-                    order = _seed_harness_slice(db, pepper, seed, next_code, c * py_stride)
+                    order = _seed_harness_slice(db, client, user, pepper, seed, next_code,
+                                                c * py_stride)
                     _checkpoint(db)
                     if progress is not None:
                         progress(f"harness {path}, {c} clients")
-                    rate, ops, errors, note = _run_harness(url, pepper, seed, path, c,
+                    rate, ops, errors, note = _run_harness(url, pepper, seed, path, client, c,
                                                            duration_s, order)
                     next_code += c * py_stride
                     rates[path].append(rate)
@@ -399,12 +435,15 @@ def bench(
                         "note": "; ".join(sorted(set(notes)))})
             rows.append(row)
     finally:
-        cleanup(db)
+        scope.cleanup()  # this run's codes, tokens, client and user, by prefix; nothing else
     return pd.DataFrame(rows)
 
 
-def _seed_harness_slice(db: Database, pepper: str, seed: str, first: int, count: int) -> list[int]:
+def _seed_harness_slice(db: Database, client: str, user: str, pepper: str, seed: str, first: int,
+                        count: int) -> list[int]:
     """Store codes ``first`` … ``first + count - 1`` of ``seed`` at rest; return them in digest order.
+
+    They belong to the run's ``client`` and ``user``, so the run's cleanup removes them.
 
     pgbench claims numbered codes in index and heap order (each client walks
     its own run of neighbouring keys). The harness's digests are random, so
@@ -420,5 +459,5 @@ def _seed_harness_slice(db: Database, pepper: str, seed: str, first: int, count:
         "FROM STDIN"
     ) as copy:
         for digest, _ in rows:
-            copy.write_row((digest, BENCH_CLIENT, BENCH_USER, REDIRECT_URI, "openid", expires))
+            copy.write_row((digest, client, user, REDIRECT_URI, "openid", expires))
     return [k for _, k in rows]

@@ -146,6 +146,7 @@ class Database:
         owned: bool = False,
         pool_size: int = 32,
         pool_timeout_s: float = POOL_TIMEOUT_S,
+        check_on_checkout: bool = True,
     ) -> None:
         self.url = url
         self.embedded = embedded
@@ -153,6 +154,7 @@ class Database:
         self.owned = owned or embedded is not None
         self._pool_size = pool_size
         self._pool_timeout_s = pool_timeout_s
+        self._check_on_checkout = check_on_checkout
         self._read_pool: ConnectionPool | None = None
         self._write_pool: ConnectionPool | None = None
         self._closed = False
@@ -183,7 +185,7 @@ class Database:
             timeout=self._pool_timeout_s,
             # A connection that died while idle (server restart, terminated backend) is
             # replaced on checkout instead of failing the request that drew it.
-            check=ConnectionPool.check_connection,
+            check=ConnectionPool.check_connection if self._check_on_checkout else None,
             reconnect_timeout=60,
         )
         try:

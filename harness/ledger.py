@@ -133,6 +133,25 @@ def to_history(attempts: Iterable[Attempt]) -> History:
     return History(ops)
 
 
+def won_by(wins: Iterable[Win], attempts: Iterable[Attempt]) -> dict[int, set[str]]:
+    """Every win known from either source, per code: ``{code_index: {"worker/racer", …}}``.
+
+    A win has two witnesses: its ``harness_ledger`` row (written at once) and the
+    racer's own attempt row (batched). Either can be missing: the ledger write
+    failed (the attempt row then says "won" with a detail), or the worker died
+    before its last batch (the ledger row survives). Counting only one of them
+    under-counts, and a missed win may be the second win of a code; a win seen
+    by both is the same win, so each (code, racer) counts once.
+    """
+    winners: dict[int, set[str]] = defaultdict(set)
+    for w in wins:
+        winners[w.code_index].add(w.winner)
+    for a in attempts:
+        if a.outcome == "won":
+            winners[a.code_index].add(f"{a.worker}/{a.racer}")
+    return winners
+
+
 def check(wins: Sequence[Win], attempts: Sequence[Attempt], *, unfinished_workers: Sequence[str] = ()
           ) -> Result:
     """Judge a run: no code won twice (by the ledger or by the racers' own outcomes), and a real race.
@@ -141,54 +160,61 @@ def check(wins: Sequence[Win], attempts: Sequence[Attempt], *, unfinished_worker
     ``violated``, or ``inconclusive`` when no code had two attempts in flight
     at once or nobody won anything (such a run proves nothing). Codes that nobody won
     are counted, not failed: a run stopped mid-exchange leaves such codes.
+    ``summary["wins"]`` counts every win known from either source (:func:`won_by`);
+    ``wins_missing_from_ledger`` says how many of them only the racers reported.
     """
-    by_code: dict[int, list[Win]] = defaultdict(list)
+    winners = won_by(wins, attempts)
+    in_ledger = {(w.code_index, w.winner) for w in wins}
+    code_hash: dict[int, str] = {}
     for w in wins:
-        by_code[w.code_index].append(w)
+        code_hash.setdefault(w.code_index, w.code_hash)
     history = to_history(attempts)
     racers = single_winner(history, require_winner=True)
     raced = overlap(history)
-    double_codes = {i for i, ws in by_code.items() if len(ws) > 1}
+    double_codes = {i for i, names in winners.items() if len(names) > 1}
+    # The history checker over the racers' outcomes too: it reads the same rows, and two
+    # independent readings must agree before a run is called a pass.
     double_codes |= {int(row["code"]) for row in racers.evidence if row["problem"] == "won more than once"}
     no_winner = sorted(
         int(row["code"]) for row in racers.evidence
-        if row["problem"] == "no winner" and int(row["code"]) not in by_code
+        if row["problem"] == "no winner" and int(row["code"]) not in winners
     )
     outcomes: dict[str, int] = defaultdict(int)
-    won_by_racers: dict[int, int] = defaultdict(int)
     per_worker: dict[str, dict[str, int]] = defaultdict(lambda: {"attempts": 0, "wins": 0})
     for a in attempts:
         outcomes[a.outcome] += 1
         per_worker[a.worker]["attempts"] += 1
-        if a.outcome == "won":
-            won_by_racers[a.code_index] += 1
-    for w in wins:
-        per_worker[w.winner.rpartition("/")[0] or w.winner]["wins"] += 1
+    for names in winners.values():
+        for name in names:
+            per_worker[name.rpartition("/")[0] or name]["wins"] += 1
+    total_wins = sum(len(names) for names in winners.values())
     evidence = [
         {
             "code_index": i,
-            "wins": max(len(by_code.get(i, [])), won_by_racers.get(i, 0)),
-            "winners": sorted(w.winner for w in by_code.get(i, [])),
-            "code_hash": by_code[i][0].code_hash if by_code.get(i) else None,
+            "wins": len(winners.get(i, ())),
+            "winners": sorted(winners.get(i, ())),
+            "code_hash": code_hash.get(i),
         }
         for i in sorted(double_codes)
     ]
     codes_raced = int(raced.summary["keys_raced"])
     if double_codes:
         status = "violated"
-    elif codes_raced == 0 or not wins:
+    elif codes_raced == 0 or not total_wins:
         status = "inconclusive"
     else:
         status = "holds"
     summary: dict[str, Any] = {
         "status": status,
-        "wins": len(wins),
+        "wins": total_wins,
+        "wins_missing_from_ledger": sum(
+            1 for i, names in winners.items() for name in names if (i, name) not in in_ledger),
         "losses": outcomes["lost"],
         "errors": outcomes["error"],
         "attempts": len(attempts),
         "attempts_won": outcomes["won"],
         "codes": int(raced.summary["keys"]),
-        "codes_won": len(by_code),
+        "codes_won": len(winners),
         "codes_raced": codes_raced,
         "raced_fraction": round(float(raced.summary["raced_fraction"]), 4),
         "median_spread_us": raced.summary["median_spread_us"],
@@ -225,6 +251,9 @@ def render(result: Result, *, target: str = "?", run_id: str = "?") -> str:
         f"({s['raced_fraction']:.0%})  max in flight {s['max_in_flight']}  "
         f"median start spread {spread}",
     ]
+    if s.get("wins_missing_from_ledger"):
+        lines.append(f"  wins missing from the ledger (its write failed; counted from the racers' "
+                     f"outcomes): {s['wins_missing_from_ledger']}")
     if s["no_winner"]:
         lines.append(f"  codes nobody won (reported, not failed): {s['no_winner']}")
     if len(s["workers"]) > 1:

@@ -334,7 +334,10 @@ def race_processes(
         with contextlib.suppress(KeyError, ValueError):
             selector.unregister(worker.proc.stdout.fileno())  # type: ignore[union-attr]
         if not worker.done:
-            code = worker.proc.poll()
+            try:  # its pipe closed as it died: the exit status follows within moments
+                code: int | None = worker.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                code = None
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
             tail = _stderr_tail(worker)
             errors.append(f"racer process died mid-race ({worker.name}, {how})"

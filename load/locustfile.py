@@ -11,7 +11,10 @@ single process) stores the codes ahead of the clock. Wins go to
 ``harness_ledger_attempts``. When the run stops, the master waits for every
 worker's last batch, judges the ledger (``harness.ledger.check``), prints the
 verdict and sets the exit status: 0 holds, 1 a code was won twice, 2 nothing
-raced. See the README, "Load testing with Locust".
+raced or a setup error. Then it deletes every row of the run: the race's
+client and user are named ``cc-<run id>-…`` (``harness.scope.RunScope``), so
+the run's codes, tokens, client, user and ledger rows go, and nothing else.
+See the README, "Load testing with Locust".
 """
 
 # Locust first: psycopg 3 cooperates with gevent only if imported after Locust's monkey-patching.
@@ -21,6 +24,7 @@ from locust.env import Environment  # isort: skip
 from locust.runners import MasterRunner, WorkerRunner  # isort: skip
 from locust.user.users import LOCUST_STATE_STOPPING  # isort: skip
 
+import argparse
 import itertools
 import json
 import logging
@@ -59,9 +63,10 @@ from harness.ledger import (
     worker_states,
     write_attempts,
 )
-from harness.race import RACE_CLIENT, RACE_USER, REDIRECT_URI, race_code
+from harness.race import REDIRECT_URI, race_code
 from harness.repository import AuthCodeParams
-from harness.settings import Settings, default_data_dir
+from harness.scope import PREFIX, RunScope, new_run_id
+from harness.settings import DEFAULT_TARGET, Settings, default_data_dir
 from harness.targets import load_target
 
 log = logging.getLogger("claimcheck.load")
@@ -76,6 +81,11 @@ FLUSH_INTERVAL_S = 1.0
 WORKER_REPORT_TIMEOUT_S = float(os.environ.get("HARNESS_WORKER_REPORT_TIMEOUT_S", "20"))
 SEED_LOOKAHEAD_S = 10.0
 SEED_LOOKAHEAD_MIN = 64
+#: The shortest slot: below a millisecond no exchange fits in a slot, and the 10 s of codes
+#: stored ahead (SEED_LOOKAHEAD_S) would grow past 10,000 before the first user fires.
+MIN_SLOT_MS = 1.0
+#: The labels of the race's client and user in the run's scope (``cc-<run id>-racer``).
+CLIENT_LABEL, USER_LABEL = "racer", "user"
 _racers = itertools.count()
 
 
@@ -101,6 +111,17 @@ class Run:
     def code(self, index: int) -> str:
         return race_code(self.seed, index)
 
+    # The workers derive the names from the run id, as ``RunScope.name`` does on the master: they
+    # never hold a RunScope themselves, because a scope deletes its rows when its process exits,
+    # and a worker exits before the master has judged the run.
+    @property
+    def client_id(self) -> str:
+        return f"{PREFIX}{self.run_id}-{CLIENT_LABEL}"
+
+    @property
+    def user_id(self) -> str:
+        return f"{PREFIX}{self.run_id}-{USER_LABEL}"
+
     def options(self) -> dict[str, Any]:
         return {f"harness_{k}": v for k, v in self.__dict__.items()}
 
@@ -110,7 +131,7 @@ class Run:
 
 
 def database_url() -> str | None:
-    """``HARNESS_DATABASE_URL`` / ``DATABASE_URL``, else an embedded server already running here."""
+    """``HARNESS_DATABASE_URL`` (never ``DATABASE_URL``), else the embedded server running here."""
     return Settings.from_env().database_url or EmbeddedServer(default_data_dir()).status().url
 
 
@@ -129,6 +150,8 @@ class ProcessState:
     db: Database | None = None  # master/local: seeding and judging
     seeder: Any = None
     seeded: int = 0
+    scope: RunScope | None = None  # master/local: the rows of the run in progress
+    unclean: list[RunScope] = field(default_factory=list)  # scopes whose rows are not deleted yet
     judge: Any = None
     statuses: list[int] = field(default_factory=list)
     last_verdict: dict[str, Any] | None = None
@@ -141,17 +164,59 @@ STATE = ProcessState()
 # -- command line -----------------------------------------------------------------------------
 
 
+def slot_ms(text: str) -> float:
+    """``--slot-ms``: a finite number of milliseconds, at least ``MIN_SLOT_MS``.
+
+    ``float()`` alone takes ``nan``, ``inf`` and negatives; each breaks the slot clock
+    later with a traceback (or, with ``inf``, a run in which nobody ever fires).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < MIN_SLOT_MS:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of milliseconds, at least {MIN_SLOT_MS:g} (got {text!r})")
+    return value
+
+
+_parsers: list[Any] = []
+
+
 @events.init_command_line_parser.add_listener
 def _arguments(parser: Any) -> None:
-    parser.add_argument("--target", default=os.environ.get("HARNESS_TARGET", "faithful"),
-                       include_in_web_ui=True,
-                       help="target the database users exchange through (default HARNESS_TARGET "
-                            "or faithful); HTTP users race whatever `harness serve` serves")
-    parser.add_argument("--slot-ms", type=float, default=float(os.environ.get("HARNESS_SLOT_MS", 50)),
-                       include_in_web_ui=True,
-                       help="every SLOT_MS a new code is hot and every user fires at it once")
-    parser.add_argument("--verdict-file", default=os.environ.get("HARNESS_VERDICT_FILE", ""),
-                       include_in_web_ui=False, help="also write the verdict as JSON to this file")
+    _parsers.append(parser)
+    # env_var, not default=os.environ[...]: configargparse then ranks the command line over the
+    # environment over a config file. A default read from the environment ranks *below*
+    # locust.conf, so `target = faithful` there silently beat HARNESS_TARGET=naive, and a negative
+    # control ran against faithful and reported HOLDS.
+    parser.add_argument("--target", env_var="HARNESS_TARGET", default=DEFAULT_TARGET,
+                        include_in_web_ui=True,
+                        help="target the database users exchange through (--target, else "
+                             f"HARNESS_TARGET, else {DEFAULT_TARGET}); HTTP users race whatever "
+                             "`harness serve` serves")
+    parser.add_argument("--slot-ms", env_var="HARNESS_SLOT_MS", type=slot_ms, default=50.0,
+                        include_in_web_ui=True,
+                        help="every SLOT_MS a new code is hot and every user fires at it once "
+                             f"(at least {MIN_SLOT_MS:g})")
+    parser.add_argument("--verdict-file", env_var="HARNESS_VERDICT_FILE", default="",
+                        include_in_web_ui=False, help="also write the verdict as JSON to this file")
+
+
+def target_source(target: str) -> str:
+    """Where ``--target``'s value came from, as configargparse recorded it (for the start line)."""
+    sources: dict[str, Any] = _parsers[-1].get_source_to_settings_dict() if _parsers else {}
+    for key, settings in sources.items():
+        if key == "command_line":
+            continue  # one entry for the whole command line: whatever no other source set
+        for action, value in settings.values():
+            if getattr(action, "dest", None) == "target" and (value or DEFAULT_TARGET) == target:
+                if key == "defaults":
+                    return "the default"
+                if key == "environment_variables":
+                    return "from HARNESS_TARGET" if value else "the default: HARNESS_TARGET is empty"
+                return f"from {key.partition('|')[2] or 'a config file'}"
+    return "from --target"
 
 
 def _fail_setup(message: str) -> None:
@@ -167,20 +232,26 @@ def _init(environment: Environment, **_: Any) -> None:
         return
     if not Settings.from_env().pepper:
         _fail_setup("HARNESS_AT_REST_PEPPER is not set (every process needs the server's pepper)")
-    if options.slot_ms <= 0:
-        _fail_setup("--slot-ms must be positive")
     if isinstance(environment.runner, WorkerRunner):
-        return
+        return  # a worker runs what its master sends (target and slot come with the run)
+    # HARNESS_TARGET= (set but empty) means "not set", as everywhere else in the harness.
+    options.target = options.target or DEFAULT_TARGET
     if environment.web_ui is not None and environment.web_ui.app is not None:
         @environment.web_ui.app.route("/claimcheck/verdict")
         def _verdict() -> dict[str, Any]:
             return STATE.last_verdict or {"status": "no run judged yet"}
     try:
-        STATE.db = connect(database_url())  # starts the embedded server if none runs
+        # With HARNESS_DATABASE_URL, the schema (ledger tables included) must already be there:
+        # creating tables in someone else's database is `harness db migrate`, never a side effect.
+        # Without it, an embedded server is started or joined (a lease) and migrated as needed.
+        STATE.db = connect(Settings.from_env().database_url, ledger=True)
         os.environ["HARNESS_DATABASE_URL"] = STATE.db.url
         load_target(options.target, STATE.db)
     except SetupError as exc:
         _fail_setup(str(exc))
+    if any(issubclass(c, DatabaseUser) for c in environment.user_classes):
+        # Said before anything runs, so a negative control that is not applied is seen at once.
+        print(f"claimcheck: target {options.target} ({target_source(options.target)})", flush=True)
     if any(issubclass(c, TokenEndpointUser) for c in environment.user_classes):
         host = environment.host or ""
         if not host:
@@ -192,6 +263,8 @@ def _init(environment: Environment, **_: Any) -> None:
         except (OSError, ValueError) as exc:
             _fail_setup(f"no healthy token endpoint at {host}/healthz ({exc}); "
                         "start it with `harness serve`")
+        print(f"claimcheck: HTTP users race the target {host} serves: {STATE.endpoint_target}",
+              flush=True)
 
 
 # -- recording attempts (every process that runs users) -----------------------------------------
@@ -341,7 +414,7 @@ class DatabaseUser(Racer, User):
         run, slot = claimed
         started = time.time_ns()
         try:
-            self.target.exchange_code(run.code(slot), RACE_CLIENT, REDIRECT_URI)
+            self.target.exchange_code(run.code(slot), run.client_id, REDIRECT_URI)
         except Exception as exc:  # every outcome is recorded: lost (definite) or error (unknown)
             op_type, reason = classify(exc)
             outcome = "lost" if op_type == "fail" else "error"
@@ -363,7 +436,7 @@ class TokenEndpointUser(Racer, FastHttpUser):
             return
         run, slot = claimed
         body = urlencode({"grant_type": "authorization_code", "code": run.code(slot),
-                          "redirect_uri": REDIRECT_URI, "client_id": RACE_CLIENT})
+                          "redirect_uri": REDIRECT_URI, "client_id": run.client_id})
         started = time.time_ns()
         with self.client.post("/token", data=body, headers=FORM_HEADERS, name="exchange",
                               catch_response=True) as resp:
@@ -389,7 +462,7 @@ class TokenEndpointUser(Racer, FastHttpUser):
 
 
 def _seed(run: Run, upto: int, spec: str) -> None:
-    """Store codes ``STATE.seeded`` … ``upto - 1`` for the race client.
+    """Store codes ``STATE.seeded`` … ``upto - 1`` for the run's client.
 
     No PKCE, as in ``harness.race.seed_codes``: every racer sends the same request, and the
     race is about the claim, not about a target's PKCE (the scan examines that).
@@ -398,7 +471,7 @@ def _seed(run: Run, upto: int, spec: str) -> None:
     target = load_target(spec, STATE.db)
     for i in range(STATE.seeded, upto):
         target.store_authorization_code(AuthCodeParams(
-            code=run.code(i), client_id=RACE_CLIENT, user_id=RACE_USER, redirect_uri=REDIRECT_URI,
+            code=run.code(i), client_id=run.client_id, user_id=run.user_id, redirect_uri=REDIRECT_URI,
             scope="openid"))
         STATE.seeded = i + 1
 
@@ -412,6 +485,35 @@ def _seeder(run: Run, ahead: int, spec: str) -> None:
             log.error("could not seed codes: %s", type(exc).__name__)
 
 
+def _start_run(options: Any) -> Run:
+    """Master/local: open the run's scope, create its client and user, store the first codes."""
+    try:  # the web UI's form sets options without the parser's check
+        slot_ns = int(slot_ms(str(options.slot_ms)) * 1e6)
+    except argparse.ArgumentTypeError as exc:
+        raise SetupError(f"--slot-ms {exc}") from None
+    ahead = max(SEED_LOOKAHEAD_MIN, math.ceil(SEED_LOOKAHEAD_S * 1e9 / slot_ns))
+    # With a known run time, store every code up front: a seeder competing with the users
+    # for the CPU could fall behind, and a code not yet stored cannot be won.
+    first = ahead + math.ceil(options.run_time * 1e9 / slot_ns) if options.run_time else ahead
+    target = STATE.endpoint_target or options.target
+    provisional = Run(new_run_id(), secrets.token_hex(16), 0, slot_ns, target)
+    assert STATE.db is not None
+    # Registered before the first INSERT, so whatever happens next, quitting deletes the rows.
+    scope = RunScope(STATE.db, "locust", run_id=provisional.run_id)
+    STATE.scope = scope
+    STATE.unclean.append(scope)
+    if (scope.name(CLIENT_LABEL), scope.name(USER_LABEL)) != (provisional.client_id, provisional.user_id):
+        raise SetupError("the run's names differ from its scope's; its rows could not be removed")
+    scope.party(CLIENT_LABEL, USER_LABEL)
+    STATE.seeded = 0
+    _seed(provisional, first, options.target)
+    run = Run(provisional.run_id, provisional.seed, time.time_ns(), slot_ns, target)
+    STATE.seeder = gevent.spawn(_seeder, run, ahead, options.target)
+    log.info("run %s: target %s, a new hot code every %s ms, %d codes stored",
+             run.run_id, target, options.slot_ms, first)
+    return run
+
+
 @events.test_start.add_listener
 def _test_start(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
@@ -420,23 +522,18 @@ def _test_start(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         STATE.run = Run.from_options(options)
     else:
-        slot_ns = int(options.slot_ms * 1e6)
-        ahead = max(SEED_LOOKAHEAD_MIN, math.ceil(SEED_LOOKAHEAD_S * 1e9 / slot_ns))
-        # With a known run time, store every code up front: a seeder competing with the users
-        # for the CPU could fall behind, and a code not yet stored cannot be won.
-        first = ahead + math.ceil(options.run_time * 1e9 / slot_ns) if options.run_time else ahead
-        target = STATE.endpoint_target or options.target
-        provisional = Run(secrets.token_hex(4), secrets.token_hex(16), 0, slot_ns, target)
-        assert STATE.db is not None
-        STATE.db.ensure_party(RACE_CLIENT, RACE_USER)
-        STATE.seeded = 0
-        _seed(provisional, first, options.target)
-        STATE.run = Run(provisional.run_id, provisional.seed, time.time_ns(), slot_ns, target)
+        try:
+            STATE.run = _start_run(options)
+        except (SetupError, psycopg.Error) as exc:
+            # The users idle without a run; the end says nothing was judged (exit 2). Whatever
+            # was written already goes now: a web UI process may live on for many more runs.
+            print(f"claimcheck: error: the run was not started: {exc}", flush=True)
+            if STATE.scope is not None:
+                scope, STATE.scope = STATE.scope, None
+                _remove_rows(scope)
+            return
         # The workers receive these with the spawn message (Locust forwards custom options).
         vars(options).update(STATE.run.options())
-        STATE.seeder = gevent.spawn(_seeder, STATE.run, ahead, options.target)
-        log.info("run %s: target %s, a new hot code every %s ms, %d codes stored",
-                 STATE.run.run_id, target, options.slot_ms, first)
     if not isinstance(environment.runner, MasterRunner):
         url = database_url()
         assert url is not None
@@ -458,16 +555,32 @@ def _test_stop(environment: Environment, **_: Any) -> None:
             recorder.finish()
         except psycopg.Error as exc:
             log.error("could not write the last attempts: %s", type(exc).__name__)
-    if isinstance(environment.runner, WorkerRunner) or STATE.run is None:
+    if isinstance(environment.runner, WorkerRunner):
         return
     if STATE.seeder is not None:
         STATE.seeder.kill(block=False)
         STATE.seeder = None
     run, STATE.run = STATE.run, None
-    STATE.judge = gevent.spawn(_judge, environment, run)
+    scope, STATE.scope = STATE.scope, None
+    if run is not None and scope is not None:
+        STATE.judge = gevent.spawn(_judge, environment, run, scope)
 
 
-def _judge(environment: Environment, run: Run) -> None:
+def _set_exit(environment: Environment, status: int) -> None:
+    """A violation in any run of this process wins; otherwise the latest run's status."""
+    STATE.statuses.append(status)
+    environment.process_exit_code = EXIT_VIOLATED if EXIT_VIOLATED in STATE.statuses else status
+
+
+def _judge(environment: Environment, run: Run, scope: RunScope) -> None:
+    """Judge the run, then delete its rows (after the verdict: the checker reads the ledger)."""
+    try:
+        _judge_run(environment, run)
+    finally:
+        _remove_rows(scope)
+
+
+def _judge_run(environment: Environment, run: Run) -> None:
     """Wait for every worker's last batch, then judge the run and set the exit status."""
     assert STATE.db is not None
     deadline = time.monotonic() + WORKER_REPORT_TIMEOUT_S
@@ -481,40 +594,62 @@ def _judge(environment: Environment, run: Run) -> None:
                 gevent.sleep(0.2)
             wins, attempts = read_run(conn, run.run_id)
     except psycopg.Error as exc:
-        print(f"single-winner verdict (run {run.run_id}): NOT JUDGED: cannot read the ledger "
-              f"({type(exc).__name__}: {str(exc).strip()[:200]})", flush=True)
-        STATE.statuses.append(EXIT_INCONCLUSIVE)
-        environment.process_exit_code = (
-            EXIT_VIOLATED if EXIT_VIOLATED in STATE.statuses else EXIT_INCONCLUSIVE
-        )
+        print(f"single-winner verdict (target {run.target}, run {run.run_id}): NOT JUDGED: cannot "
+              f"read the ledger ({type(exc).__name__}: {str(exc).strip()[:200]})", flush=True)
+        _set_exit(environment, EXIT_INCONCLUSIVE)
         return
     result = check(wins, attempts, unfinished_workers=unfinished)
     status = exit_status(result)
-    STATE.statuses.append(status)
+    _set_exit(environment, status)  # before anything below can fail: the verdict stands
     print(render(result, target=run.target, run_id=run.run_id), flush=True)
     verdict = to_json(result, target=run.target, run_id=run.run_id, slot_ms=run.slot_ns / 1e6,
                       exit_status=status)
     STATE.last_verdict = json.loads(verdict)
     options = environment.parsed_options
     if options is not None and options.verdict_file:
-        with open(options.verdict_file, "w", encoding="utf-8") as fh:
-            fh.write(verdict)
-    environment.process_exit_code = (
-        EXIT_VIOLATED if EXIT_VIOLATED in STATE.statuses else status
-    )
+        try:
+            with open(options.verdict_file, "w", encoding="utf-8") as fh:
+                fh.write(verdict)
+        except OSError as exc:
+            # CI reads the file: without it, a pass cannot be shown, so the run is not one.
+            print(f"claimcheck: error: cannot write --verdict-file {options.verdict_file}: {exc}",
+                  flush=True)
+            _set_exit(environment, EXIT_INCONCLUSIVE)
+
+
+def _remove_rows(scope: RunScope) -> None:
+    """Delete the run's codes, tokens, client, user and ledger rows; say so, and say if it failed."""
+    try:
+        removed = scope.cleanup()
+    except (psycopg.Error, SetupError) as exc:
+        # The rows are left, but named: `cc-<run id>-…` and the run id in the ledger tables.
+        print(f"claimcheck: could not remove the rows of run {scope.run_id} (named {scope.prefix}*): "
+              f"{type(exc).__name__}: {str(exc).strip()[:200]}", flush=True)
+        return
+    finally:
+        if scope in STATE.unclean:
+            STATE.unclean.remove(scope)
+    print(f"claimcheck: removed the {removed.total} rows of run {scope.run_id}", flush=True)
 
 
 @events.quitting.add_listener
 def _quitting(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return
+    if STATE.run is not None and environment.runner is not None:
+        # Interrupted mid-run (Ctrl-C, SIGTERM): Locust quits the runner only after this event, so
+        # stop it here. The users finish, the run is judged, and then its rows are removed; rows
+        # removed under racers still running would be written again by their next win.
+        environment.runner.stop()
     if STATE.judge is not None:
         STATE.judge.join(timeout=WORKER_REPORT_TIMEOUT_S + 30)
     if not STATE.statuses:
         print("single-winner verdict: INCONCLUSIVE: no run was judged (nothing raced)", flush=True)
         environment.process_exit_code = EXIT_INCONCLUSIVE
+    for scope in list(STATE.unclean):  # a run never judged (stopped before it was, or not started)
+        _remove_rows(scope)
     if STATE.db is not None:
-        STATE.db.close()  # stops the embedded server if this process started it
+        STATE.db.close()  # releases the embedded server (stopped if this was its last user)
 
 
 __all__ = ["DatabaseUser", "TokenEndpointUser", "locust"]

@@ -24,6 +24,7 @@ from harness.database import Database
 from harness.errors import SetupError
 from harness.repository import OAuthRepository
 from harness.scenario import Scenario, ScenarioError
+from harness.scope import RunScope
 
 #: The verdict table the shipped targets are held to, as data: check id → (faithful, hardened, naive).
 #: Written out here rather than derived, so a change to harness.checks.expected is a visible diff.
@@ -204,11 +205,15 @@ def test_cleanup_removes_what_a_check_created(db: Database, pepper: str) -> None
         return int(row[0]) if row else -1
 
     before = rows()
-    run_check("replay.revokes-family", db, "hardened", pepper, cleanup=True)
-    run_check("race.single-winner", db, "faithful", pepper, cleanup=True)
-    assert rows() == before
     run_check("replay.revokes-family", db, "hardened", pepper)
+    run_check("race.single-winner", db, "faithful", pepper)
+    assert rows() == before  # a check removes its rows when it ends
+    run_check("replay.revokes-family", db, "hardened", pepper, keep_rows=True)
     assert rows() > before
+    with RunScope(db, "notebook") as scope:  # rows kept to be shown, removed with the scope
+        run_check("replay.revokes-family", db, "hardened", pepper, scope=scope)
+        kept = rows()
+    assert rows() < kept
 
 
 def test_findings_table_is_check_by_target(db: Database, pepper: str) -> None:

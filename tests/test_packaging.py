@@ -104,10 +104,16 @@ def test_docker_compose_validates_against_the_compose_spec() -> None:
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
     # PostgreSQL 18+ images keep PGDATA in /var/lib/postgresql/<major>/docker: mount the parent.
     assert any(v["target"] == "/var/lib/postgresql" for v in pg["volumes"])
+    # The schema is an explicit step (the safety contract): a one-shot `harness db migrate`
+    # runs once Postgres is healthy, and every harness service waits for it to succeed.
+    assert services["migrate"]["command"] == ["harness", "db", "migrate"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("lab", "token-endpoint", "master", "worker"):
         service = services[name]
         assert service["depends_on"], name
         assert "postgres:5432" in service["environment"]["HARNESS_DATABASE_URL"]
+    for name in ("lab", "token-endpoint", "master"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     # A scalable service must not pin a container name or a host port.
     assert "container_name" not in services["worker"]
     assert not services["worker"].get("ports")

@@ -15,15 +15,28 @@ from harness.errors import SetupError
 from harness.report import markdown_table
 from harness.settings import Settings
 
+# The numbers are taken as text and checked in run(), not by argparse types: a refusal is then
+# one line (argparse would print its usage block first), and it comes before any connection.
+
 
 def _client_counts(text: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise ValueError(f"--clients: expected comma-separated integers, got {text!r}") from None
     if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError("client counts must be positive integers")
+        raise ValueError(f"--clients: client counts must be positive integers, got {text!r}")
     return counts
+
+
+def _at_least_1(option: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{option} must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"{option} must be at least 1, got {value}")
+    return value
 
 
 def register(sub: Any) -> None:
@@ -38,11 +51,11 @@ def register(sub: Any) -> None:
         "Prints pgbench tps, harness ops/s and the ratios. "
         "Exit status 0, or 2 on a setup error.",
     )
-    parser.add_argument("--clients", type=_client_counts, default=[2, 4, 8, 16],
+    parser.add_argument("--clients", default="2,4,8,16",
                         help="comma-separated client counts (default 2,4,8,16)")
-    parser.add_argument("--duration", type=int, default=5,
+    parser.add_argument("--duration", default="5",
                         help="whole seconds per segment (default 5)")
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--rounds", default="1",
                         help="alternate pgbench and harness segments this many times (default 1)")
     parser.add_argument("--synchronous-commit", choices=["on", "off"], default="on",
                         help="off: both sides commit without waiting for the WAL flush, which takes "
@@ -54,20 +67,24 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        clients = _client_counts(args.clients)
+        duration = _at_least_1("--duration", args.duration)
+        rounds = _at_least_1("--rounds", args.rounds)
+    except ValueError as exc:
+        print(f"harness bench: error: {exc}", file=sys.stderr)
+        return 2
     pepper = args.pepper or Settings.from_env().pepper
     if not pepper:
         raise SetupError("no pepper: set HARNESS_AT_REST_PEPPER or pass --pepper")
-    if args.duration < 1 or args.rounds < 1:
-        print("harness bench: error: --duration and --rounds must be at least 1", file=sys.stderr)
-        return 2
-    with connect() as db, tqdm(total=len(args.clients) * args.rounds * 4, file=sys.stderr,
+    with connect() as db, tqdm(total=len(clients) * rounds * 4, file=sys.stderr,
                                unit="segment", disable=args.no_progress) as bar:
         def step(what: str) -> None:
             bar.set_description(what)
             bar.update(1)
 
-        frame = bench(db, clients=args.clients, duration_s=args.duration, pepper=pepper,
-                      rounds=args.rounds,
+        frame = bench(db, clients=clients, duration_s=duration, pepper=pepper,
+                      rounds=rounds,
                       synchronous_commit=args.synchronous_commit == "on", progress=step)
     if args.format == "json":
         print(json.dumps(frame.to_dict(orient="records"), indent=2))
