@@ -323,7 +323,7 @@ def test_two_runs_share_the_embedded_server_without_stopping_it_under_each_other
     assert first.stdout is not None and first.stdout.readline().strip() == "ready"
     second = subprocess.Popen([sys.executable, "-c", HOLD, "4"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    out1, err1 = first.communicate(timeout=60)
+    _, err1 = first.communicate(timeout=60)
     assert first.returncode == 0, err1
     assert EmbeddedServer(pg_data_dir).status().running  # the second still uses it
     out2, err2 = second.communicate(timeout=60)
@@ -404,3 +404,23 @@ def test_arguments_that_are_not_utf8_exit_2(staging: str) -> None:
                                                    for k, v in bad_env.items()},  # type: ignore[misc]
                           capture_output=True, timeout=60)
     assert done.returncode == 2 and b"not valid UTF-8" in done.stderr
+
+
+def test_a_target_that_hangs_is_stopped_at_the_timeout(staging: str, tmp_path: Path) -> None:
+    # Issue 8: `race --target mod:hangs --timeout 5` hung past its timeout.
+    (tmp_path / "hanging_target.py").write_text(
+        "import time\n"
+        "from harness.repository import OAuthRepository\n"
+        "class Hangs(OAuthRepository):\n"
+        "    def exchange_code(self, *a, **k):\n        time.sleep(3600)\n"
+        "def make(db, **kw):\n    return Hangs(db, **kw)\n")
+    started = time.monotonic()
+    done = run("race", "--target", "hanging_target:make", "--racers", "3", "--codes", "5",
+               "--timeout", "5", "--no-progress", url=staging, env={"PYTHONPATH": str(tmp_path)},
+               timeout=120)
+    took = time.monotonic() - started
+    print(f"\nhanging target: exit {done.returncode} after {took:.1f} s (--timeout 5)")
+    assert done.returncode == 1, done
+    assert "timed out after 5 s" in done.stdout and "verdict      INCOMPLETE" in done.stdout
+    assert took < 30
+    assert harness_rows(staging) == 0
