@@ -186,7 +186,9 @@ class Database:
             # A connection that died while idle (server restart, terminated backend) is
             # replaced on checkout instead of failing the request that drew it.
             check=ConnectionPool.check_connection if self._check_on_checkout else None,
-            reconnect_timeout=60,
+            # Give up a failed reconnection quickly: while a backoff is pending no request gets a
+            # new connection, so a database that came back would go on failing requests.
+            reconnect_timeout=max(self._pool_timeout_s, POOL_TIMEOUT_S),
         )
         try:
             pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 3)

@@ -11,7 +11,6 @@ captures the target's raw events still sees what the target emitted.
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -47,7 +46,7 @@ def redact_url(url: str) -> str:
 
 
 def fingerprint(value: object) -> str:
-    """What may be printed in place of a secret: a short SHA-256 prefix (tells values apart, reveals nothing)."""
+    """What may be printed in place of a secret: a SHA-256 prefix (tells values apart, reveals nothing)."""
     text = value if isinstance(value, str) else repr(value)
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 

@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import binascii
-import hmac
+import ctypes
 import logging
+import os
 import re
+import signal
+import sys
+import threading
+import time
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from hmac import compare_digest
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
+import anyio
+import anyio.to_thread
+import h11
+import psycopg
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from harness.at_rest import hash_at_rest
 from harness.database import Database, connect
@@ -37,6 +49,29 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 #: RFC 6749 §5.1 / §5.2: token responses must not be cached.
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+#: Seconds a client has to send a request head, and then its body (Slowloris): ``harness serve
+#: --read-timeout``, passed to the workers in this variable.
+READ_TIMEOUT_ENV = "HARNESS_SERVE_READ_TIMEOUT_S"
+DEFAULT_READ_TIMEOUT_S = 10.0
+#: A request that has not been answered after this long gets a 503, whatever holds it (a database
+#: that accepts connections but never answers, e.g. a paused server): a hang guard, far above the
+#: pool's own timeout (``POOL_TIMEOUT_S``), which answers a stopped database within 2 s.
+GRANT_DEADLINE_S = 15.0
+#: /healthz must answer quickly even when the database does not (a load balancer's probe).
+HEALTH_TIMEOUT_S = 2.0
+#: RFC 9110 §10.2.3: how long a client should wait before retrying a 503.
+RETRY_AFTER_S = 2
+#: Set by ``harness serve --workers N`` (N > 1): the pid of the uvicorn supervisor its workers must
+#: not outlive.
+SUPERVISOR_ENV = "HARNESS_SERVE_SUPERVISOR_PID"
+#: Seconds a worker whose supervisor died waits for its graceful shutdown before it exits anyway.
+ORPHAN_GRACE_S = 5.0
+_WWW_BASIC = {"WWW-Authenticate": 'Basic realm="token"'}
+#: What a client without a secret (or an unknown client) is hashed and compared against, so that
+#: every path costs one HMAC and one comparison (see ``authenticate_client``). Not a hex digest:
+#: no stored ``client_secret_hash`` can ever equal it.
+_DUMMY_SECRET = "claimcheck: no client secret presented"
+_DUMMY_DIGEST = "-" * 64
 
 
 class TokenError(Exception):
@@ -60,6 +95,44 @@ def error_response(error: str, description: str, status: int = 400,
 
 def _invalid_request(description: str) -> TokenError:
     return TokenError("invalid_request", description)
+
+
+def _unavailable() -> TokenError:
+    """503 ``temporarily_unavailable`` (RFC 6749 §4.1.2.1's code; §5.2 has none for an outage).
+
+    ``Retry-After`` tells a client when to try again (RFC 9110 §10.2.3). A
+    request that got this may or may not have been carried out (a claim can
+    commit as the connection drops): like Jepsen's ``info``, its outcome is unknown.
+    """
+    return TokenError("temporarily_unavailable", "the token endpoint's database is unavailable; "
+                      "retry later", 503, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a lost or unreachable database, not a bug.
+
+    ``psycopg.OperationalError`` covers a refused or dropped connection, a
+    server shutting down, and the pool's ``PoolTimeout`` (no connection within
+    ``POOL_TIMEOUT_S``). The targets wrap driver errors in ``InternalError``
+    (``raise … from exc``), so the chain of causes is walked.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, psycopg.OperationalError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def read_timeout_s() -> float:
+    """The ``--read-timeout`` of this server (``HARNESS_SERVE_READ_TIMEOUT_S``), else the default."""
+    try:
+        value = float(os.environ.get(READ_TIMEOUT_ENV, ""))
+    except ValueError:
+        return DEFAULT_READ_TIMEOUT_S
+    return value if value > 0 else DEFAULT_READ_TIMEOUT_S
 
 
 def _check_content_type(value: str | None) -> None:
@@ -93,6 +166,18 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
             raise _invalid_request(f"request body larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_body_within(request: Request, timeout_s: float, limit: int = MAX_BODY_BYTES) -> bytes:
+    """``read_body``, cut after ``timeout_s`` seconds: a body that trickles in is a Slowloris.
+
+    408 (RFC 9110 §15.5.9) with ``Connection: close``: the rest of the body
+    may still be on its way, so the connection cannot carry another request.
+    """
+    with anyio.move_on_after(timeout_s):
+        return await read_body(request, limit)
+    raise TokenError("invalid_request", f"the request body did not arrive within {timeout_s:g} s",
+                     408, {"Connection": "close"})
 
 
 def parse_form(body: bytes) -> dict[str, str]:
@@ -140,25 +225,47 @@ class ClientCredentials:
     basic: bool
 
 
+def _has_control(text: str) -> bool:
+    """Control characters (C0, DEL, C1: Unicode category Cc) have no place in a client id or secret."""
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+def _basic_credentials(encoded: str) -> tuple[str, str]:
+    """(client id, secret) of an HTTP Basic value (RFC 6749 §2.3.1: each form-urlencoded, then base64).
+
+    Anything malformed is ``invalid_client`` (401), never a 500: base64 that
+    is not, bytes or percent escapes that are not UTF-8, control characters
+    (a NUL would reach the database driver), values over the repository's limit.
+    """
+    def refuse() -> TokenError:
+        return TokenError("invalid_client", "malformed Basic credentials", 401, _WWW_BASIC)
+
+    try:
+        # A header value with non-ASCII bytes makes b64decode raise ValueError (binascii.Error
+        # is its subclass): both are the client's mistake.
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        raw_id, sep, raw_secret = decoded.partition(":")
+        client_id = unquote_plus(raw_id, errors="strict")
+        secret = unquote_plus(raw_secret, errors="strict")
+    except (ValueError, UnicodeDecodeError):
+        raise refuse() from None
+    if not sep or not client_id or _has_control(decoded) or _has_control(client_id + secret):
+        raise refuse()
+    if len(client_id) > MAX_INPUT_CHARS or len(secret) > MAX_INPUT_CHARS:
+        raise refuse()
+    return client_id, secret
+
+
 def client_credentials(authorization: str | None, form: dict[str, str]) -> ClientCredentials:
     """Client id and secret from HTTP Basic or the body, never both (RFC 6749 §2.3)."""
     if authorization is not None:
         scheme, _, encoded = authorization.partition(" ")
         if scheme.lower() != "basic":
             raise TokenError("invalid_client", "unsupported client authentication scheme", 401,
-                             {"WWW-Authenticate": 'Basic realm="token"'})
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise TokenError("invalid_client", "malformed Basic credentials", 401,
-                             {"WWW-Authenticate": 'Basic realm="token"'}) from None
-        raw_id, sep, raw_secret = decoded.partition(":")
-        if not sep or not raw_id:
-            raise TokenError("invalid_client", "malformed Basic credentials", 401,
-                             {"WWW-Authenticate": 'Basic realm="token"'})
+                             _WWW_BASIC)
+        client_id, secret = _basic_credentials(encoded)
         if "client_secret" in form:
             raise _invalid_request("more than one client authentication method (RFC 6749 §2.3)")
-        client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
         if "client_id" in form and form["client_id"] != client_id:
             raise _invalid_request("client_id in the body differs from the authenticated client")
         return ClientCredentials(client_id, secret, basic=True)
@@ -173,25 +280,31 @@ def authenticate_client(target: Target, creds: ClientCredentials) -> None:
     ``client_secret_hash`` holds ``hash_at_rest(secret)`` (the deployment
     pepper's HMAC); a client without one is public (RFC 6749 §2.1) and a
     secret it sends is ignored. A target without a ``db`` is not checked.
+
+    Every path does the same work: one ``hash_at_rest`` (of the presented
+    secret, or of a fixed dummy when none was sent) and one
+    ``compare_digest`` (against the stored digest, or a fixed dummy when the
+    client is unknown or public). An unknown client, a public one and a wrong
+    secret then take as long as a right one, so response times do not tell
+    which client ids exist or which are confidential (a timing side channel).
+    The database lookup of the id is the same statement for every id.
     """
     db: Database | None = getattr(target, "db", None)
     if db is None:
         return
-    challenge = {"WWW-Authenticate": 'Basic realm="token"'} if creds.basic else None
     with db.read_pool.connection() as conn:
         row = conn.execute(
             "SELECT client_secret_hash FROM oauth_clients WHERE client_id = %s", (creds.client_id,)
         ).fetchone()
-    if row is None:
-        raise TokenError("invalid_client", "client authentication failed", 401, challenge)
-    stored: str | None = row[0]
-    if stored is None:
+    known = row is not None
+    stored: str | None = row[0] if row is not None else None
+    presented = hash_at_rest(creds.secret if creds.secret is not None else _DUMMY_SECRET,
+                             getattr(target, "pepper", None))
+    matches = compare_digest(presented.encode(), (stored if stored is not None else _DUMMY_DIGEST).encode())
+    if known and (stored is None or (creds.secret is not None and matches)):
         return
-    if creds.secret is None:
-        raise TokenError("invalid_client", "client authentication failed", 401, challenge)
-    presented = hash_at_rest(creds.secret, getattr(target, "pepper", None))
-    if not hmac.compare_digest(presented.encode(), stored.encode()):
-        raise TokenError("invalid_client", "client authentication failed", 401, challenge)
+    raise TokenError("invalid_client", "client authentication failed", 401,
+                     _WWW_BASIC if creds.basic else None)
 
 
 def grant(target: Target, form: dict[str, str], creds: ClientCredentials) -> dict[str, Any]:
@@ -214,6 +327,9 @@ def grant(target: Target, form: dict[str, str], creds: ClientCredentials) -> dic
             # original scope, which the response states.
             tokens = target.refresh(form["refresh_token"], creds.client_id)
     except InternalError as exc:
+        if database_unavailable(exc):
+            log.warning("token request refused, database unavailable: %s", exc.detail)
+            raise _unavailable() from None
         log.error("token request failed: %s", exc.detail)
         raise TokenError("server_error", "Internal server error", 500) from None
     except OAuthError as exc:
@@ -221,14 +337,16 @@ def grant(target: Target, form: dict[str, str], creds: ClientCredentials) -> dic
     return tokens.response()
 
 
-def create_app(target: Target | None = None) -> Starlette:
+def create_app(target: Target | None = None, *, read_timeout: float | None = None) -> Starlette:
     """The token endpoint over ``target``; with ``None``, one is built from the environment at startup.
 
     From the environment: ``HARNESS_DATABASE_URL`` (or the embedded server),
     ``HARNESS_TARGET`` and ``HARNESS_AT_REST_PEPPER``: what ``harness serve``
-    exports to its uvicorn workers.
+    exports to its uvicorn workers. ``read_timeout`` bounds the time a body
+    may take to arrive (default ``HARNESS_SERVE_READ_TIMEOUT_S`` or 10 s).
     """
     state: dict[str, Any] = {"target": target}
+    body_timeout_s = read_timeout if read_timeout is not None else read_timeout_s()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -251,13 +369,30 @@ def create_app(target: Target | None = None) -> Starlette:
 
     async def token(request: Request) -> Response:
         try:
+            if len(request.headers.getlist("authorization")) > 1:
+                # Which one would count? A proxy and the app may each pick a different one.
+                raise _invalid_request("more than one Authorization header")
             _check_content_type(request.headers.get("content-type"))
-            form = parse_form(await read_body(request))
+            form = parse_form(await read_body_within(request, body_timeout_s))
             creds = client_credentials(request.headers.get("authorization"), form)
-            body = await run_in_threadpool(grant, current(), form, creds)
+            # The grant runs in a worker thread. If it is still running at the deadline (a database
+            # that accepts but never answers), the client gets a 503 and the thread is left to
+            # finish on its own: a thread blocked in a socket read cannot be interrupted.
+            body: dict[str, Any] | None = None
+            with anyio.move_on_after(GRANT_DEADLINE_S) as deadline:
+                body = await anyio.to_thread.run_sync(grant, current(), form, creds,
+                                                      abandon_on_cancel=True)
+            if deadline.cancelled_caught or body is None:
+                log.error("token request abandoned after %g s", GRANT_DEADLINE_S)
+                raise _unavailable()
         except TokenError as exc:
             return error_response(exc.error, exc.description, exc.status, exc.headers)
-        except Exception as exc:  # a lost database, a broken target: a 500 body, never a traceback
+        except Exception as exc:  # a lost database, a broken target: never a traceback
+            if database_unavailable(exc):
+                log.warning("token request refused, database unavailable: %s", type(exc).__name__)
+                unavailable = _unavailable()
+                return error_response(unavailable.error, unavailable.description, unavailable.status,
+                                      unavailable.headers)
             log.error("token request failed: %s", type(exc).__name__)
             return error_response("server_error", "Internal server error", 500)
         return JSONResponse(body, headers=NO_STORE)
@@ -268,16 +403,23 @@ def create_app(target: Target | None = None) -> Starlette:
         def probe() -> None:
             db: Database | None = getattr(target_, "db", None)
             if db is not None:
-                with db.read_pool.connection() as conn:
+                with db.read_pool.connection(timeout=HEALTH_TIMEOUT_S) as conn:
                     conn.execute("SELECT 1")
 
         name = str(getattr(target_, "name", type(target_).__name__))
-        try:
-            await run_in_threadpool(probe)
-        except Exception as exc:  # any failure of the probe means "not healthy", never a 500 page
-            log.error("health check failed: %s", type(exc).__name__)
+        failure: str | None = None
+        # The pool's timeout answers a stopped database; the deadline, one that never answers.
+        with anyio.move_on_after(HEALTH_TIMEOUT_S + 1) as deadline:
+            try:
+                await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
+            except Exception as exc:  # any failure of the probe means "not healthy", never a 500 page
+                failure = type(exc).__name__
+        if deadline.cancelled_caught:
+            failure = f"no answer within {HEALTH_TIMEOUT_S + 1:g} s"
+        if failure is not None:
+            log.error("health check failed: %s", failure)
             return JSONResponse({"status": "unavailable", "target": name}, status_code=503,
-                                headers=NO_STORE)
+                                headers={**NO_STORE, "Retry-After": str(RETRY_AFTER_S)})
         return JSONResponse({"status": "ok", "target": name, "database": "ok"}, headers=NO_STORE)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -293,13 +435,138 @@ def create_app(target: Target | None = None) -> Starlette:
         HTTPException: http_error,
         Exception: server_error,
     }
-    return Starlette(
+    app = Starlette(
         routes=[Route("/token", token, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])],
         exception_handlers=handlers,
         lifespan=lifespan,
     )
+    # Starlette answers /token/ with a redirect whose Location it builds from the Host header
+    # (Host: evil.example -> http://evil.example/token): a client that follows it with its POST
+    # body hands the code and its secret to whoever that host is. A wrong path is a 404 here.
+    app.router.redirect_slashes = False
+    return app
 
 
 def create_app_from_env() -> Starlette:
-    """The uvicorn factory (``--factory``) for ``harness serve --workers N``."""
+    """The uvicorn factory (``--factory``) for ``harness serve``; in a worker, tied to its supervisor."""
+    supervisor = os.environ.get(SUPERVISOR_ENV, "")
+    if supervisor.isdigit() and int(supervisor) != os.getpid():
+        exit_with_supervisor(int(supervisor))
     return create_app(None)
+
+
+# -- serving: worker lifetime, Slowloris, access log ----------------------------------------------
+
+#: ``<linux/prctl.h>``: deliver a signal to this process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def exit_with_supervisor(supervisor_pid: int) -> None:
+    """Make this uvicorn worker exit when ``supervisor_pid`` (its parent) dies, even by SIGKILL.
+
+    uvicorn's workers are spawned children that share the listening socket:
+    if the supervisor is killed outright nobody stops them, and they go on
+    serving, with a database lease and a pepper, on a port nobody watches.
+    Linux delivers SIGTERM (uvicorn's graceful shutdown) at the parent's death
+    (``prctl(PR_SET_PDEATHSIG)``); a watchdog thread covers other systems and
+    a supervisor that died before the ``prctl``, and ends the process if the
+    graceful shutdown has not within ``ORPHAN_GRACE_S``.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog alone does it
+            pass
+    threading.Thread(target=_watch_supervisor, args=(supervisor_pid,), name="harness-supervisor-watch",
+                     daemon=True).start()
+
+
+def _watch_supervisor(supervisor_pid: int, poll_s: float = 0.5) -> None:
+    while os.getppid() == supervisor_pid:
+        time.sleep(poll_s)
+    log.error("the harness serve supervisor (pid %d) is gone: this worker exits", supervisor_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
+
+
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for every request head (Slowloris).
+
+    uvicorn closes a keep-alive connection that stays silent after a response,
+    but not one that sends nothing after connecting, or part of a request head
+    and then nothing (or a byte now and then): each holds a socket and a slot
+    for ever, and a few hundred of them (Slowloris) exhaust the server. Here
+    the head must be complete within ``read_timeout_s()`` of the connection
+    being made, or of the previous response: otherwise the connection gets a
+    408 (RFC 9110 §15.5.9) if it had sent anything, and is closed. The body is
+    the application's to time (``read_body_within``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_timeout_s = read_timeout_s()
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request head was parsed: a new request-response cycle
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()  # may already parse a pipelined request
+        if self.cycle is cycle and not self.transport.is_closing():
+            self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        partial_head = self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
+        if partial_head:
+            # Written raw: h11 cannot send a response to a request it has not seen.
+            body = (b'{"error": "invalid_request", "error_description": "the request head did not '
+                    b'arrive in time"}')
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"cache-control: no-store\r\nconnection: close\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        log.debug("closed a connection that sent no complete request head within %g s",
+                  self.head_timeout_s)
+        self.transport.close()
+
+
+class AccessLogFilter(logging.Filter):
+    """uvicorn's access log lines without the query string.
+
+    The endpoint reads nothing from the query, but a client may put a code or
+    a secret there; the access log keeps the client address, method, path
+    and status, never what came with them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn.access: (client address, method, path with query, HTTP version, status)
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], args[2].partition("?")[0], args[3], args[4])
+        return True

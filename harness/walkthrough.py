@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import hmac
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,8 +20,9 @@ from matplotlib.patches import Patch
 
 from harness.at_rest import hash_at_rest
 from harness.database import Database
-from harness.errors import OAuthError
+from harness.errors import OAuthError, SetupError
 from harness.history import History
+from harness.scope import RunScope
 
 #: The notebooks' pepper when ``HARNESS_AT_REST_PEPPER`` is unset (the same as ``dev.py``'s),
 #: so the digests they show are the same on every run.
@@ -32,6 +35,8 @@ SHORT = 10
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _SHORT = re.compile(r"(revoked:)?[0-9a-f]{6,63}…")
 OUTCOME_COLOURS = {"ok": "#2e7d32", "fail": "#9e9e9e", "info": "#ef6c00"}
+#: The least value of the notebooks' count parameters (a race needs two racers and a code).
+PARAMETER_MINIMUMS = {"racers": 2, "codes": 1, "matrix_racers": 2, "matrix_codes": 1}
 
 
 def pepper_or_demo(pepper: str | None = None) -> str:
@@ -102,17 +107,61 @@ def refresh_tokens(db: Database, clients: Iterable[str] | None = None,
                    "created_at, consumed_at IS NULL, consumed_at, token_id", clients)
 
 
-def fresh_parties(db: Database, clients: Iterable[str], user: str) -> None:
-    """Remove what an earlier run left for ``clients`` (their codes and tokens cascade), then re-create them.
+# -- parameters --------------------------------------------------------------------
 
-    Only these clients' rows go: a notebook pointed at a shared database
-    leaves everybody else's data alone.
+
+def check_parameters(**values: Any) -> None:
+    """Refuse (``SetupError``) a notebook parameter below its minimum (``PARAMETER_MINIMUMS``).
+
+    ``harness notebook`` applies the same rules before it starts papermill, so
+    ``-p racers=0`` is a usage error (exit 2), not a failed property.
     """
-    clients = list(clients)
+    for name, value in values.items():
+        least = PARAMETER_MINIMUMS.get(name)
+        if least is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise SetupError(f"parameter {name} must be a whole number >= {least}, got {value!r}")
+
+
+# -- the rows of a run -------------------------------------------------------------
+
+
+def remove_on_exit(scope: RunScope) -> RunScope:
+    """Remove ``scope``'s rows when the kernel exits before the notebook's last cell does.
+
+    A failed cell under papermill, a kernel shut down or restarted: the
+    interpreter exits and this hook deletes the run's rows (``RunScope.cleanup``,
+    idempotent, so the last cell's own cleanup is not repeated). It is
+    registered after ``harness.connect``'s hook, so it runs before that one
+    stops an embedded server. Returns ``scope``.
+    """
+    def cleanup() -> None:
+        try:
+            scope.cleanup()
+        except Exception as exc:  # the database may be gone on the way out; say so and go on
+            print(f"could not remove the rows of run {scope.run_id}: {type(exc).__name__}", file=sys.stderr)
+
+    atexit.register(cleanup)
+    return scope
+
+
+#: Where each table names the run that wrote a row.
+RUN_COLUMNS = {"oauth_clients": ("client_id",), "users": ("id",),
+               "oauth_auth_codes": ("client_id", "user_id"),
+               "oauth_refresh_tokens": ("client_id", "user_id")}
+
+
+def rows_of_run(db: Database, scope: RunScope) -> pd.DataFrame:
+    """How many rows of each table carry ``scope``'s prefix (``cc-<run id>-``): all zeros after cleanup."""
+    counts = {}
     with db.connect() as conn:
-        conn.execute("DELETE FROM oauth_clients WHERE client_id = ANY(%s)", (clients,))
-    for client in clients:
-        db.ensure_party(client, user)
+        for table, columns in RUN_COLUMNS.items():
+            where = " OR ".join(f"starts_with({c}, %s)" for c in columns)
+            row = conn.execute(f"SELECT count(*) FROM {table} WHERE {where}".encode(),
+                               [scope.prefix] * len(columns)).fetchone()
+            counts[table] = int(row[0]) if row else 0
+    return pd.DataFrame({"rows of this run": counts}).rename_axis("table")
 
 
 # -- at rest -----------------------------------------------------------------------
@@ -237,23 +286,6 @@ class Walk:
 
 
 # -- races -------------------------------------------------------------------------
-
-
-def forget_race_codes(db: Database, pepper: str, seed: str, codes: int) -> int:
-    """Delete the codes of race ``seed`` left by an earlier run, and the families they were linked to.
-
-    ``harness.race.race`` refuses to store a code that exists; a notebook
-    re-run with its fixed seed clears its own codes first, and nothing else.
-    """
-    from harness.race import race_code
-
-    digests = [hash_at_rest(race_code(seed, i), pepper) for i in range(codes)]
-    with db.connect() as conn, conn.transaction():
-        conn.execute(
-            "DELETE FROM oauth_refresh_tokens WHERE family_id IN (SELECT t.family_id FROM "
-            "oauth_refresh_tokens t JOIN oauth_auth_codes c ON c.refresh_token_id = t.token_id "
-            "WHERE c.code = ANY(%s))", (digests,))
-        return conn.execute("DELETE FROM oauth_auth_codes WHERE code = ANY(%s)", (digests,)).rowcount
 
 
 def winners_still_linked(db: Database, pepper: str, seed: str, codes: int) -> int:
@@ -491,18 +523,20 @@ def _markdown(text: str) -> Any:
     return Markdown(text)  # type: ignore[no-untyped-call]
 
 
-def walk_check(check_id: str, db: Database, target: str, pepper: str) -> Any:
+def walk_check(check_id: str, db: Database, target: str, pepper: str,
+               scope: RunScope | None = None) -> Any:
     """Run one check of the catalogue (as ``harness scan`` does) and show it step by step.
 
     Shows the check's source, severity and expected behaviour, its steps
     (expected beside observed), the rows a step read from the database, the
-    evidence, and the verdict. Returns the ``CheckResult``.
+    evidence, and the verdict. Returns the ``CheckResult``. The check's rows
+    are named under ``scope`` and left to its owner, or removed when it ends.
     """
     from IPython.display import display
 
     from harness.checks import run_check
 
-    result = run_check(check_id, db, target, pepper)
+    result = run_check(check_id, db, target, pepper, scope=scope)
     spec = result.spec
     show: Callable[..., None] = display
     show(_markdown(f"**`{spec.id}`** · {spec.title}  \n*{spec.source}* · severity **{spec.severity}**"
@@ -525,11 +559,12 @@ def walk_check(check_id: str, db: Database, target: str, pepper: str) -> Any:
 
 
 def side_by_side(db: Database, check_ids: Sequence[str], targets: Sequence[str],
-                 pepper: str) -> pd.DataFrame:
+                 pepper: str, scope: RunScope | None = None) -> pd.DataFrame:
     """The verdict of every check on every target (``harness scan`` per target): one column per target."""
     from harness.checks import findings_table, scan
 
-    results = [r for t in dict.fromkeys(targets) for r in scan(db, t, only=check_ids, pepper=pepper)]
+    results = [r for t in dict.fromkeys(targets)
+               for r in scan(db, t, only=check_ids, pepper=pepper, scope=scope)]
     return findings_table(results).set_index("id")
 
 
@@ -551,14 +586,18 @@ def shipped_targets(extra: str | None = None) -> list[str]:
 
 
 class CheckWalk:
-    """A notebook's walk through catalogue checks on one target: ``walk("pkce.downgrade")`` shows one."""
+    """A notebook's walk through catalogue checks on one target: ``walk("pkce.downgrade")`` shows one.
 
-    def __init__(self, db: Database, target: str, pepper: str) -> None:
-        self.db, self.target, self.pepper = db, target, pepper
+    With ``scope`` every check names its rows under the notebook's run, and the notebook's last
+    cell removes them with the rest (``scope.cleanup()``).
+    """
+
+    def __init__(self, db: Database, target: str, pepper: str, scope: RunScope | None = None) -> None:
+        self.db, self.target, self.pepper, self.scope = db, target, pepper, scope
         self.results: dict[str, Any] = {}
 
     def __call__(self, check_id: str) -> None:
-        self.results[check_id] = walk_check(check_id, self.db, self.target, self.pepper)
+        self.results[check_id] = walk_check(check_id, self.db, self.target, self.pepper, self.scope)
 
     @property
     def ids(self) -> list[str]:

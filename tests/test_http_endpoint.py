@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import hmac
 import logging
 import os
 import socket
@@ -10,9 +12,10 @@ import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -23,12 +26,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from harness import rfc7636
+from harness import rfc6749_endpoint, rfc7636
 from harness.at_rest import hash_at_rest
 from harness.database import Database, connect
 from harness.errors import INVALID_CODE
 from harness.repository import OAuthRepository
-from harness.rfc6749_endpoint import MAX_BODY_BYTES, create_app
+from harness.rfc6749_endpoint import MAX_BODY_BYTES, ClientCredentials, TokenError, create_app
 from harness.targets import load_target
 from harness.testing.plugin import CLIENT, OTHER_CLIENT
 
@@ -165,6 +168,147 @@ def test_confidential_client_must_prove_its_secret(
 
 
 @pytest.mark.parametrize(
+    ("case", "creds", "outcome"),
+    [
+        ("unknown client", ClientCredentials("nobody", "s3cret", basic=False), "invalid_client"),
+        ("unknown client, no secret", ClientCredentials("nobody", None, basic=False), "invalid_client"),
+        ("public client", ClientCredentials(CLIENT, None, basic=False), "ok"),
+        ("public client sending a secret", ClientCredentials(CLIENT, "anything", basic=False), "ok"),
+        ("confidential, right secret", ClientCredentials(OTHER_CLIENT, "s3cret", basic=True), "ok"),
+        ("confidential, wrong secret", ClientCredentials(OTHER_CLIENT, "s3creT", basic=True),
+         "invalid_client"),
+        ("confidential, no secret", ClientCredentials(OTHER_CLIENT, None, basic=False), "invalid_client"),
+    ],
+)
+def test_client_authentication_does_the_same_work_on_every_path(
+    db: Database, faithful: OAuthRepository, pepper: str, monkeypatch: pytest.MonkeyPatch,
+    case: str, creds: ClientCredentials, outcome: str,
+) -> None:
+    """One HMAC of the presented secret (or a dummy) and one constant-time compare, whatever the path.
+
+    Counted, not timed: the count is deterministic, a timing is not. An
+    unknown client, a public one and a wrong secret then cost the same as a
+    right one, so the response time tells nothing about which clients exist.
+    To see the times by hand: ``time_client_authentication``.
+    """
+    with db.connect() as conn:
+        conn.execute("UPDATE oauth_clients SET client_secret_hash = %s WHERE client_id = %s",
+                     (hash_at_rest("s3cret", pepper), OTHER_CLIENT))
+    calls: Counter[str] = Counter()
+    real_hash, real_compare = hash_at_rest, hmac.compare_digest
+
+    def spy_hash(value: str, key: str | bytes | None) -> str:
+        calls["hash_at_rest"] += 1
+        return real_hash(value, key)
+
+    def spy_compare(a: bytes, b: bytes) -> bool:
+        calls["compare_digest"] += 1
+        return real_compare(a, b)
+
+    monkeypatch.setattr(rfc6749_endpoint, "hash_at_rest", spy_hash)
+    monkeypatch.setattr(rfc6749_endpoint, "compare_digest", spy_compare)
+    try:
+        rfc6749_endpoint.authenticate_client(faithful, creds)
+        result = "ok"
+    except TokenError as exc:
+        result = exc.error
+    assert result == outcome, case
+    assert calls == {"hash_at_rest": 1, "compare_digest": 1}, case
+
+
+def time_client_authentication(rounds: int = 3000) -> dict[str, float]:
+    """Median microseconds of ``authenticate_client`` per case: run by hand, never by pytest.
+
+    Times on a shared machine are noise for a test; by hand, they show the
+    paths cost alike (the database lookup dominates)::
+
+        HARNESS_AT_REST_PEPPER=x .venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); \\
+            from test_http_endpoint import time_client_authentication as t; print(t())"
+
+    Uses the embedded server of ``HARNESS_DATA_DIR`` (or a URL in
+    ``HARNESS_DATABASE_URL``); the two clients it adds are removed at the end.
+    """
+    import statistics
+
+    import harness
+
+    pepper = os.environ["HARNESS_AT_REST_PEPPER"]
+    public, confidential = "timing-public-client", "timing-confidential-client"
+    with harness.connect() as database:
+        target = load_target("faithful", database, pepper=pepper)
+        with database.connect() as conn:
+            conn.execute("INSERT INTO oauth_clients (client_id, client_secret_hash) VALUES (%s, NULL), "
+                         "(%s, %s)", (public, confidential, hash_at_rest("s3cret", pepper)))
+        cases = {
+            "unknown client": ClientCredentials("timing-nobody", "s3cret", basic=False),
+            "public client": ClientCredentials(public, None, basic=False),
+            "right secret": ClientCredentials(confidential, "s3cret", basic=False),
+            "wrong secret": ClientCredentials(confidential, "s3creT", basic=False),
+            "no secret": ClientCredentials(confidential, None, basic=False),
+        }
+        samples: dict[str, list[float]] = {case: [] for case in cases}
+        try:
+            for _ in range(rounds):
+                for case, creds in cases.items():  # interleaved: drift hits every case alike
+                    started = time.perf_counter()
+                    with contextlib.suppress(TokenError):
+                        rfc6749_endpoint.authenticate_client(target, creds)
+                    samples[case].append(time.perf_counter() - started)
+        finally:
+            with database.connect() as conn:
+                conn.execute("DELETE FROM oauth_clients WHERE client_id IN (%s, %s)", (public, confidential))
+    return {case: round(statistics.median(times) * 1e6, 1) for case, times in samples.items()}
+
+
+def test_a_trailing_slash_is_a_404_never_a_redirect(client: TestClient) -> None:
+    # Starlette's redirect_slashes would answer 307 with a Location built from the Host header
+    # (http://evil.example/token): a client following it sends its code and secret there.
+    for method, path in (("POST", "/token/"), ("GET", "/healthz/"), ("POST", "//token")):
+        resp = client.request(method, path, content=exchange_form("c1"), follow_redirects=False,
+                              headers={"Content-Type": FORM, "Host": "evil.example"})
+        assert resp.status_code == 404, (method, path)
+        assert "location" not in resp.headers
+        assert_error(resp, "invalid_request", 404)
+
+
+def test_two_authorization_headers_are_invalid_request(client: TestClient, store_code: StoreCode) -> None:
+    store_code("c1")
+    basic = "Basic " + base64.b64encode(f"{CLIENT}:x".encode()).decode()
+    other = "Basic " + base64.b64encode(f"{OTHER_CLIENT}:y".encode()).decode()
+    for first, second in ((basic, other), (basic, basic)):
+        headers = httpx.Headers([("Content-Type", FORM), ("Authorization", first), ("Authorization", second)])
+        assert_error(client.post("/token", content=exchange_form("c1"), headers=headers), "invalid_request")
+    resp = client.post("/token", content=exchange_form("c1"), headers={"Content-Type": FORM})
+    assert resp.status_code == 200  # refused before the claim: the code is still good
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"client-a\x00:s3cret", b"client-a:s3\x00cret", b"client-a%00:s3cret", b"client-a:s3cret%00",
+        b"client\x01-a:s3cret", b"client-a:s3cret\x7f", b"client-a:\r\n", "client-a\u0085:s".encode(),
+        b"\xff\xfe:s3cret", b"client-a:\xc3", b"client-a%FF:s3cret", b"client-a:%C3%28",
+        b"client-a:" + b"s" * 5000,
+    ],
+)
+def test_control_characters_and_bad_utf8_in_basic_credentials_are_invalid_client(
+    client: TestClient, store_code: StoreCode, raw: bytes
+) -> None:
+    store_code("c1")
+    header = "Basic " + base64.b64encode(raw).decode()
+    resp = client.post("/token", content="grant_type=authorization_code&code=c1",
+                       headers={"Content-Type": FORM, "Authorization": header})
+    assert_error(resp, "invalid_client", 401)
+    assert resp.headers["www-authenticate"].startswith("Basic")
+
+
+def test_non_ascii_bytes_in_the_authorization_header_are_invalid_client(client: TestClient) -> None:
+    headers = httpx.Headers([(b"Content-Type", FORM.encode()), (b"Authorization", b"Basic \xe9\xe9\xe9\xe9")])
+    resp = client.post("/token", content="grant_type=authorization_code&code=c1", headers=headers)
+    assert_error(resp, "invalid_client", 401)
+
+
+@pytest.mark.parametrize(
     ("name", "body", "content_type"),
     [
         ("json", '{"grant_type": "authorization_code"}', "application/json"),
@@ -255,6 +399,48 @@ def test_healthz_checks_the_database(client: TestClient, database: Database, pep
     with TestClient(create_app(target), raise_server_exceptions=False) as c:
         resp = c.get("/healthz")
     assert resp.status_code == 503 and resp.json()["status"] == "unavailable"
+
+
+class _Unanswering:
+    """A target whose database takes the connection and never answers (a paused server)."""
+
+    name = "unanswering"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.db = self
+
+    @property
+    def read_pool(self) -> _Unanswering:
+        return self
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[None]:
+        time.sleep(self.seconds)
+        yield
+
+    def exchange_code(self, *args: object) -> Any:
+        time.sleep(self.seconds)
+        raise AssertionError("the endpoint should have given up on this grant")
+
+
+def test_a_database_that_never_answers_is_a_503_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pool's timeout answers a stopped database; these deadlines answer one that accepts and
+    # then says nothing, where a thread blocked in a socket read can only be abandoned.
+    monkeypatch.setattr(rfc6749_endpoint, "GRANT_DEADLINE_S", 0.3)
+    monkeypatch.setattr(rfc6749_endpoint, "HEALTH_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(rfc6749_endpoint, "authenticate_client", lambda target, creds: None)
+    target = cast(OAuthRepository, _Unanswering(1.5))
+    with TestClient(create_app(target), raise_server_exceptions=False) as c:
+        started = time.monotonic()
+        resp = c.post("/token", content=exchange_form("c1"), headers={"Content-Type": FORM})
+        assert time.monotonic() - started < 1.2
+        assert_error(resp, "temporarily_unavailable", 503)
+        assert int(resp.headers["retry-after"]) > 0
+        started = time.monotonic()
+        resp = c.get("/healthz")
+        assert time.monotonic() - started < 1.4
+        assert resp.status_code == 503 and resp.json()["status"] == "unavailable"
 
 
 def test_app_from_environment_serves_the_named_target(

@@ -45,8 +45,8 @@ def test_the_race_notebook_fails_on_the_naive_target(database: Database, tmp_pat
 
 def test_papermill_raises_on_the_naive_target(database: Database, tmp_path: Path) -> None:
     with pytest.raises(papermill.PapermillExecutionError) as failed:
-        execute(RACE, tmp_path / "naive.ipynb",
-                {"target": "naive", "database_url": database.url, "racers": 4, "codes": 10})
+        execute(RACE, tmp_path / "naive.ipynb", {"target": "naive", "racers": 4, "codes": 10},
+                env={"HARNESS_DATABASE_URL": database.url})
     assert failed.value.ename == "AssertionError"
 
 
@@ -62,20 +62,33 @@ def test_the_race_notebook_passes_with_its_defaults(database: Database, tmp_path
 
 
 def test_a_notebook_on_the_embedded_default_stops_the_server_it_started(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pg_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data_dir = (tmp_path / "pgdata").resolve()
-    for key, value in embedded_env(data_dir).items():
+    # pg_data_dir, not tmp_path: under root the server runs as another user, which cannot
+    # enter pytest's 0700 temporary directories.
+    for key, value in embedded_env(pg_data_dir).items():
         monkeypatch.setenv(key, value)
-    monkeypatch.delenv("HARNESS_DATABASE_URL", raising=False)
-    monkeypatch.delenv("DATABASE_URL", raising=False)
     try:
         execute(AT_REST, tmp_path / "at_rest.ipynb", {})
-        assert EmbeddedServer(data_dir).status().initialised  # the notebook really used this one
-        assert not EmbeddedServer(data_dir).status().running
-        assert not live_server_processes(data_dir)
+        assert EmbeddedServer(pg_data_dir).status().initialised  # the notebook really used this one
+        assert not EmbeddedServer(pg_data_dir).status().running
+        assert not live_server_processes(pg_data_dir)
     finally:
-        EmbeddedServer(data_dir).stop()
+        EmbeddedServer(pg_data_dir).stop()
+
+
+def test_harness_notebook_on_the_embedded_default_keeps_one_server_for_the_run_and_stops_it(
+    tmp_path: Path, pg_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in embedded_env(pg_data_dir).items():
+        monkeypatch.setenv(key, value)
+    try:
+        assert main(["notebook", "05", "--out", str(tmp_path)]) == 0
+        assert EmbeddedServer(pg_data_dir).status().initialised
+        assert not EmbeddedServer(pg_data_dir).status().running
+        assert not live_server_processes(pg_data_dir)
+    finally:
+        EmbeddedServer(pg_data_dir).stop()
 
 
 def test_notebook_names_resolve_by_number_and_stem() -> None:

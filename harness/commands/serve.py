@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import ipaddress
+import math
 import os
-import signal
 import socket
 import sys
 from typing import Any
@@ -16,6 +17,11 @@ from harness.settings import Settings
 from harness.targets import load_target
 
 APP_FACTORY = "harness.rfc6749_endpoint:create_app_from_env"
+#: The default of ``--read-timeout`` (``harness.rfc6749_endpoint.DEFAULT_READ_TIMEOUT_S``, kept here
+#: so that ``harness --help`` does not import the http extra).
+DEFAULT_READ_TIMEOUT_S = 10.0
+#: At shutdown, requests in flight get this long to finish before they are cancelled.
+GRACEFUL_SHUTDOWN_S = 10
 
 
 def register(sub: Any) -> None:
@@ -28,10 +34,15 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--target", default=None, help="target name (default HARNESS_TARGET or faithful)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="port (default 8000; 0 picks a free one, shown in the start line)")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT_S, metavar="SECONDS",
+                        help="seconds a client has to send a request's head, and then its body; "
+                        f"slower connections are closed (408) (default {DEFAULT_READ_TIMEOUT_S:g})")
     parser.add_argument("--access-log", action="store_true",
-                        help="log one line per request (method, path, status; never bodies)")
+                        help="log one line per request (client, method, path, status; never a body "
+                        "or a query string)")
     parser.set_defaults(handler=run)
 
 
@@ -44,25 +55,70 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _check_can_listen(host: str, port: int) -> None:
-    """Fail with exit 2 (not uvicorn's exit 1, which means "violated" here) on a taken port."""
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here rather than by uvicorn.
+
+    A taken port or an address that cannot be bound is then one line and
+    exit 2 (uvicorn would log it and exit 1, which means "violated" here),
+    and no other process can take the port between a check and the bind.
+    """
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(infos[0][4])
+        host.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 arrive as lone surrogates
+        raise SetupError("--host is not valid UTF-8") from None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:  # unknown name; a label IDNA cannot encode
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SetupError(f"cannot listen on {host}:{port}: --host does not resolve ({reason})") from None
+    # IPv4 first, as uvicorn does for a name: "localhost" then means 127.0.0.1.
+    family, _, proto, _, address = next((i for i in infos if i[0] == socket.AF_INET), infos[0])
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
+    try:
+        # As uvicorn: a restarted server need not wait for the old connections' TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
     except OSError as exc:
-        raise SetupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        sock.close()
+        raise SetupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)  # the workers serve on this very socket
+    return sock
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+def log_config(verbose: bool) -> dict[str, Any]:
+    """uvicorn's logging plus the harness's, applied alike in the supervisor and in every worker.
+
+    uvicorn runs this ``dictConfig`` in each process it starts. A spawned
+    worker inherits nothing of the CLI's logging set-up, so without this its
+    ``harness.*`` events would lose ``-v``, its formatter (secret fields
+    fingerprinted, ``harness.logs.FieldsFormatter``) and its level. The
+    access log goes through ``AccessLogFilter``: never a query string.
+    """
+    import uvicorn.config
+
+    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config.setdefault("filters", {})["no_query"] = {"()": "harness.rfc6749_endpoint.AccessLogFilter"}
+    config["handlers"]["access"]["filters"] = ["no_query"]
+    config["formatters"]["harness"] = {"()": "harness.logs.FieldsFormatter",
+                                       "fmt": "%(levelname)s %(name)s: %(message)s"}
+    config["handlers"]["harness"] = {"class": "logging.StreamHandler", "formatter": "harness",
+                                     "stream": "ext://sys.stderr"}
+    config["loggers"]["harness"] = {"handlers": ["harness"], "level": "INFO" if verbose else "ERROR",
+                                    "propagate": False}
+    # The pool's reconnection attempts while the database is down: shown with -v.
+    config["loggers"]["psycopg"] = {"handlers": ["harness"], "level": "WARNING" if verbose else "ERROR",
+                                    "propagate": False}
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         import starlette  # noqa: F401  (the app's framework, imported by the uvicorn workers)
         import uvicorn
+        from uvicorn.config import STARTUP_FAILURE
+        from uvicorn.supervisors import Multiprocess
+
+        from harness.rfc6749_endpoint import READ_TIMEOUT_ENV, SUPERVISOR_ENV, DeadlineH11Protocol
     except ImportError as exc:
         raise SetupError(
             f"harness serve needs the http extra: pip install 'claimcheck[http]' ({exc})"
@@ -70,27 +126,56 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise SetupError("--workers must be at least 1")
-    if not 0 < args.port < 65536:
-        raise SetupError("--port must be between 1 and 65535")
-    _check_can_listen(args.host, args.port)
+    if not 0 <= args.port < 65536:
+        raise SetupError("--port must be between 1 and 65535 (or 0 for any free port)")
+    if not (math.isfinite(args.read_timeout) and args.read_timeout > 0):
+        raise SetupError("--read-timeout must be a positive number of seconds")
     settings = Settings.from_env()
     if not settings.pepper:
         raise SetupError("HARNESS_AT_REST_PEPPER is not set: the endpoint cannot hash codes at rest")
-    spec = args.target or settings.target
-    with connect(settings.database_url) as db:
-        load_target(spec, db)  # fail now (exit 2) on an unknown target, not at the first request
-        # uvicorn's workers build their own target from these (the app factory reads them).
-        os.environ["HARNESS_DATABASE_URL"] = db.url
-        os.environ["HARNESS_TARGET"] = spec
-        if not _is_loopback(args.host):
-            print(f"harness serve: warning: {args.host} is not a loopback address and there is no "
-                  "TLS; anyone who can reach it can redeem codes", file=sys.stderr)
-        print(f"harness serve: target {spec}, database {describe_target(db.url)}, "
-              f"POST http://{args.host}:{args.port}/token, {args.workers} worker(s)",
-              file=sys.stderr, flush=True)
-        # uvicorn re-raises SIGTERM once it has shut down; as an exception it lets this block
-        # close the database (and stop an embedded server this command started).
-        signal.signal(signal.SIGTERM, _terminate)
-        uvicorn.run(APP_FACTORY, factory=True, host=args.host, port=args.port,
-                    workers=args.workers, access_log=args.access_log, log_level="info")
+    listener = bind_listener(args.host, args.port)
+    try:
+        spec = args.target or settings.target
+        with connect(settings.database_url) as db:
+            load_target(spec, db)  # fail now (exit 2) on an unknown target, not at the first request
+            # uvicorn's workers build their own target from these (the app factory reads them).
+            os.environ["HARNESS_DATABASE_URL"] = db.url
+            os.environ["HARNESS_TARGET"] = spec
+            os.environ[READ_TIMEOUT_ENV] = repr(args.read_timeout)
+            if args.workers > 1:
+                os.environ[SUPERVISOR_ENV] = str(os.getpid())  # the workers exit when this process dies
+            else:
+                os.environ.pop(SUPERVISOR_ENV, None)
+            port = listener.getsockname()[1]
+            shown_host = f"[{args.host}]" if ":" in args.host else args.host  # RFC 3986 §3.2.2
+            if not _is_loopback(args.host):
+                print(f"harness serve: warning: {args.host} is not a loopback address and there is no "
+                      "TLS; anyone who can reach it can redeem codes", file=sys.stderr)
+            print(f"harness serve: target {spec}, database {describe_target(db.url)}, "
+                  f"POST http://{shown_host}:{port}/token, {args.workers} worker(s), "
+                  f"read timeout {args.read_timeout:g} s", file=sys.stderr, flush=True)
+            config = uvicorn.Config(
+                APP_FACTORY, factory=True, host=args.host, port=port, workers=args.workers,
+                http=DeadlineH11Protocol, access_log=args.access_log, log_level="info",
+                log_config=log_config(args.verbose), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            )
+            # SIGINT and SIGTERM: uvicorn shuts down gracefully, then re-raises the signal; the
+            # CLI turns it into KeyboardInterrupt, and this block closes the database (and stops
+            # an embedded server this command started).
+            if args.workers > 1:
+                supervisor = Multiprocess(config, sockets=[listener])
+                supervisor.run()
+                if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+                    raise SetupError("a worker of the token endpoint failed to start (see the log above)")
+            else:
+                server = uvicorn.Server(config)
+                try:
+                    server.run(sockets=[listener])
+                except SystemExit:  # uvicorn's exit on a failed application startup
+                    if server.started:
+                        raise
+                if not server.started:
+                    raise SetupError("the token endpoint failed to start (see the log above)")
+    finally:
+        listener.close()
     return 0
