@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar
 import pandas as pd
 import psycopg
 
-from harness.errors import InternalError, OAuthError
+from harness.errors import IndeterminateError, InternalError, OAuthError
 
 OpType = Literal["invoke", "ok", "fail", "info"]
 T = TypeVar("T")
@@ -41,6 +41,8 @@ def classify(exc: BaseException) -> tuple[OpType, str]:
     is indeterminate: the statement may have committed before the reply was
     lost, so it is never counted as a success or a failure.
     """
+    if isinstance(exc, IndeterminateError):
+        return "info", f"indeterminate: {exc.detail}"
     if isinstance(exc, OAuthError) and not isinstance(exc, InternalError):
         return "fail", f"{exc.kind}: {exc.detail}"
     cause = exc.__cause__ if isinstance(exc, InternalError) else exc

@@ -552,10 +552,10 @@ def verdict(report: RaceReport, *, min_raced: float = MIN_RACED_FRACTION) -> str
         return "double win"
     if report.winners.summary.get("no_winner", 0):
         return "no winner"
-    if not report.winners.summary.get("wins", 0):
-        return "nothing won"
     if report.stats.get("incomplete"):
         return "incomplete"
+    if not report.winners.summary.get("wins", 0):
+        return "nothing won"
     if report.overlap.summary.get("raced_fraction", 0.0) < min_raced:
         return "no race"
     return "pass"
