@@ -550,10 +550,12 @@ def verdict(report: RaceReport, *, min_raced: float = MIN_RACED_FRACTION) -> str
     """
     if report.winners.summary.get("double_wins", 0):
         return "double win"
+    if report.stats.get("incomplete"):
+        # Before "no winner": a racer that died took its last ops with it, so a code it won may
+        # look unwon. A double win stands whatever happened (two ok ops are proof).
+        return "incomplete"
     if report.winners.summary.get("no_winner", 0):
         return "no winner"
-    if report.stats.get("incomplete"):
-        return "incomplete"
     if not report.winners.summary.get("wins", 0):
         return "nothing won"
     if report.overlap.summary.get("raced_fraction", 0.0) < min_raced:
