@@ -95,27 +95,44 @@ def run(spec: Any, racer_ids: list[int], proto_in: IO[bytes], proto_out: IO[byte
     from harness.race import attempt, is_serialization_failure, race_code
     from harness.targets import load_target
 
+    db: Database | None = None
     try:
-        url = conninfo.make_conninfo(spec.url, application_name=spec.app_name)
-        # No check on checkout: a connection the nemesis killed must fail its attempt (an
-        # indeterminate op, as a real client would see it), not be quietly replaced.
-        db = Database(url, pool_size=len(racer_ids) + 1, pool_timeout_s=10, check_on_checkout=False)
-        target = load_target(spec.target, db, pepper=spec.pepper, **spec.target_options())
-        with db.write_pool.connection(), db.read_pool.connection():
-            pass  # connected before the first barrier, as pgbench connects before its clock
+        if spec.kind == "http":
+            target = load_target(spec.target, None)  # an endpoint description: no database
+        else:
+            url = conninfo.make_conninfo(spec.url, application_name=spec.app_name)
+            # No check on checkout: a connection the nemesis killed must fail its attempt (an
+            # indeterminate op, as a real client would see it), not be quietly replaced.
+            db = Database(url, pool_size=len(racer_ids) + 1, pool_timeout_s=10,
+                          check_on_checkout=False)
+            target = load_target(spec.target, db, pepper=spec.pepper, **spec.target_options())
+            with db.write_pool.connection(), db.read_pool.connection():
+                pass  # connected before the first barrier, as pgbench connects before its clock
     except Exception as exc:
         send(proto_out, lock, ("error", f"racer setup failed: {type(exc).__name__}: "
                                         f"{str(exc).splitlines()[0] if str(exc) else ''}"))
         send(proto_out, lock, ("done",))
         return
 
-    call: Callable[[str], Any]
-    if spec.operation == "exchange":
-        def call(code: str) -> Any:
-            return target.exchange_code(code, spec.client, spec.redirect_uri)
+    payloads: dict[int, Any] = {}
+    call: Callable[[int], Any]
+    if spec.kind == "http":
+        def call(i: int) -> Any:
+            minted = payloads[i]
+            tokens = target.exchange_code(minted["code"], spec.client, spec.redirect_uri,
+                                          minted.get("verifier"))
+            # The raw tokens go to the parent alone (over this private pipe), to be probed after
+            # the race; the history keeps only their fingerprints.
+            send(proto_out, lock, ("won", i, {"access_token": tokens.access_token,
+                                              "refresh_token": tokens.refresh_token}))
+            return tokens
+    elif spec.operation == "exchange":
+        def call(i: int) -> Any:
+            return target.exchange_code(race_code(spec.seed, i), spec.client, spec.redirect_uri)
     else:
-        def call(code: str) -> Any:
-            return target.validate_authorization_code(code, spec.client, spec.redirect_uri)
+        def call(i: int) -> Any:
+            return target.validate_authorization_code(race_code(spec.seed, i), spec.client,
+                                                      spec.redirect_uri)
 
     buffer: list[Op] = []
     buffer_lock = threading.Lock()
@@ -142,16 +159,18 @@ def run(spec: Any, racer_ids: list[int], proto_in: IO[bytes], proto_out: IO[byte
     release = threading.Barrier(local + 1)
 
     def racer(process: int) -> None:
+        warm_up = getattr(target, "warm_up", None)
+        if callable(warm_up):
+            warm_up()  # this racer's keep-alive connection, opened before the first barrier
         for i in range(spec.codes):
             try:
                 arrive.wait()
                 release.wait()
             except threading.BrokenBarrierError:
                 return
-            code = race_code(spec.seed, i)
             for n in range(1 + spec.retry_serialization):
                 _, done = attempt(process, spec.operation, {"code": i, "attempt": n},
-                                  partial(call, code), record)
+                                  partial(call, i), record)
                 if not is_serialization_failure(done):
                     break
 
@@ -169,6 +188,7 @@ def run(spec: Any, racer_ids: list[int], proto_in: IO[bytes], proto_out: IO[byte
             message = receive(proto_in)
             if message is None or message[0] != "go" or message[1] != i:
                 break  # stop, or the parent is gone
+            payloads[i] = message[2] if len(message) > 2 else None
             release.wait()
         else:
             for t in threads:
@@ -180,7 +200,11 @@ def run(spec: Any, racer_ids: list[int], proto_in: IO[bytes], proto_out: IO[byte
         flush()
         send(proto_out, lock, ("done", time.monotonic() - started))
     # Racers still inside an attempt (a hung target) are daemon threads: the parent kills us.
-    db.close()
+    if db is not None:
+        db.close()
+    close = getattr(target, "close", None)
+    if callable(close):
+        close()
 
 
 if __name__ == "__main__":

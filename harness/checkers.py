@@ -19,12 +19,15 @@ class Result:
 
 
 def _outcomes_by_key(history: History, f: str, key: str) -> dict[Any, dict[str, list[Any]]]:
+    """Per key: the processes of each outcome, and under ``"tokens"`` the token sets the wins got."""
     by_key: dict[Any, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
     for inv, done in history.pairs():
         if inv.f != f or not isinstance(inv.value, dict) or key not in inv.value:
             continue
         outcome = done.type if done else "info"
         by_key[inv.value[key]][outcome].append(inv.process)
+        if done is not None and outcome == "ok" and isinstance(done.value, dict):
+            by_key[inv.value[key]]["tokens"].append(done.value.get("token") or f"#{inv.process}")
     return by_key
 
 
@@ -33,9 +36,12 @@ def single_winner(
 ) -> Result:
     """Every ``key`` is won (``ok``) at most once, and, with ``require_winner``, at least once.
 
-    An indeterminate (``info``) attempt may have won: a key with one ``ok``
-    and some ``info`` is still valid; a key with no ``ok`` but some ``info``
-    is not counted as "no winner" (nobody can know), it is reported apart.
+    Wins are counted as distinct token sets when the ok ops say which they got
+    (``value["token"]``, a fingerprint): a server that hands the same pair to
+    several racers issued it once. An indeterminate (``info``) attempt may
+    have won: a key with one win and some ``info`` is still valid; a key with
+    no ``ok`` but some ``info`` is not counted as "no winner" (nobody can
+    know), it is reported apart.
     """
     by_key = _outcomes_by_key(history, f, key)
     evidence: list[dict[str, Any]] = []
@@ -43,9 +49,10 @@ def single_winner(
     for k, outcomes in sorted(by_key.items(), key=lambda kv: str(kv[0])):
         wins = outcomes.get("ok", [])
         infos = outcomes.get("info", [])
-        if len(wins) > 1:
+        distinct = len(set(outcomes.get("tokens", []))) or len(wins)
+        if distinct > 1:
             double += 1
-            evidence.append({key: k, "problem": "won more than once", "wins": len(wins),
+            evidence.append({key: k, "problem": "won more than once", "wins": distinct,
                              "winners": sorted(map(str, wins))})
         elif not wins and infos:
             indeterminate += 1
@@ -54,8 +61,9 @@ def single_winner(
             evidence.append({key: k, "problem": "no winner", "wins": 0, "winners": []})
     summary = {
         "keys": len(by_key),
-        "attempts": sum(sum(len(v) for v in o.values()) for o in by_key.values()),
+        "attempts": sum(sum(len(v) for n, v in o.items() if n != "tokens") for o in by_key.values()),
         "wins": sum(len(o.get("ok", [])) for o in by_key.values()),
+        "distinct_token_sets": sum(len(set(o.get("tokens", []))) for o in by_key.values()),
         "losses": sum(len(o.get("fail", [])) for o in by_key.values()),
         "indeterminate": sum(len(o.get("info", [])) for o in by_key.values()),
         "double_wins": double,

@@ -24,8 +24,10 @@ from harness.claims import Isolation, Strategy
 from harness.database import Database
 from harness.errors import InternalError, SetupError
 from harness.history import History, Op, classify
+from harness.redact import fingerprint
 from harness.repository import AuthCodeParams, OAuthRepository
 from harness.scope import RunScope
+from harness.tokens import Tokens
 
 #: The client and user of a race on a database the harness created (tests); ``race()`` names its
 #: own per run (``cc-<run id>-racer``) so that it never writes a row it cannot tell apart.
@@ -155,6 +157,9 @@ class RaceSpec:
     app_name: str = APP_NAME_PREFIX
     client: str = RACE_CLIENT
     redirect_uri: str = REDIRECT_URI
+    #: ``repository``: a target in process, codes derived from the seed; ``http``: an endpoint
+    #: description, codes minted by the parent and sent with their verifier at each release.
+    kind: str = "repository"
 
     def target_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -185,11 +190,15 @@ def attempt(
     if record is not None:
         record(invoke)
     try:
-        call()
+        result = call()
     except Exception as exc:  # every outcome is recorded; none escapes unrecorded
         type_, reason = classify(exc)
         done = Op(process, type_, f, value, time.monotonic_ns(), reason)
     else:
+        if isinstance(result, Tokens) and isinstance(value, dict):
+            # Which token set the win handed out: a server that answers several racers with the
+            # same pair has one winner, not several (judged by distinct tokens, never raw ones).
+            value = {**value, "token": fingerprint(result.access_token)}
         done = Op(process, "ok", f, value, time.monotonic_ns())
     if record is not None:
         record(done)
@@ -274,8 +283,14 @@ def race_processes(
     progress: Callable[[int], None] | None = None,
     nemesis: Nemesis | None = None,
     timeout_s: float = 600.0,
+    mint: Callable[[int], dict[str, Any]] | None = None,
+    won: dict[int, list[dict[str, str]]] | None = None,
 ) -> RaceReport:
     """Race ``spec.racers`` racers over ``spec.codes`` stored codes from ``processes`` OS processes.
+
+    Over HTTP (``spec.kind == "http"``), ``mint(i)`` obtains code *i* (and its verifier) just before
+    it is released, and ``won`` collects the raw tokens each win returned, for probing afterwards
+    (kept in memory only, never in the history).
 
     Codes must already be stored (``seed_codes``). ``progress`` is called with
     the number of codes every racer has finished. Every wait is bounded: the
@@ -320,6 +335,9 @@ def race_processes(
                         finished += 1
                         if progress is not None:
                             progress(1)
+        elif kind == "won":
+            if won is not None:
+                won.setdefault(int(message[1]), []).append(message[2])
         elif kind == "ready":
             worker.ready = True
         elif kind == "at":
@@ -365,8 +383,15 @@ def race_processes(
             # The barrier: once every live process stands at the next code, release them all.
             nxt = released + 1
             if nxt < spec.codes and all(w.at >= nxt for w in workers):
+                payload = None
+                if mint is not None:
+                    try:
+                        payload = mint(nxt)  # just in time: real servers expire codes in a minute
+                    except Exception as exc:  # the server refused or is gone: end with a report
+                        errors.append(f"could not obtain code {nxt}: {type(exc).__name__}: {exc}")
+                        break
                 for w in workers:
-                    _send(w, ("go", nxt))
+                    _send(w, ("go", nxt, payload))
                 released = nxt
     except KeyboardInterrupt:
         interrupted = True
@@ -537,6 +562,132 @@ def _describe(report: RaceReport, repo: Any, spec: RaceSpec, name: str, strategy
     })
 
 
+def race_http(
+    description: str,
+    *,
+    racers: int,
+    codes: int,
+    client: str | None = None,
+    processes: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    timeout_s: float = 600.0,
+) -> RaceReport:
+    """Race a real server's token endpoint over HTTP (an endpoint description, ``harness.targets.endpoint``).
+
+    Each code is minted by this process just before its release (real servers expire codes within
+    a minute), with a PKCE S256 pair of its own, and handed to every racer; racers hold keep-alive
+    connections opened before the first barrier. Wins are judged by distinct token sets; a 5xx or a
+    lost connection is indeterminate. Afterwards every won code is replayed once and the winners'
+    tokens are probed (``stats["after_race"]``), and ``token_count_sql``, when the description has
+    it, counts the tokens the server committed against those it returned. ``stats["server_concurrency"]``
+    is the description's ``concurrency``: at 1, nothing can race, and ``verdict`` says so.
+    """
+    from harness import rfc7636
+    from harness.targets.endpoint import load_description
+    from harness.targets.http import HttpTarget
+
+    if racers < 2:
+        raise SetupError("a race needs at least 2 racers")
+    if codes < 1:
+        raise SetupError("a race needs at least 1 code")
+    desc = load_description(description)
+    chosen = desc.client(client) if client else desc.clients[0]
+    minter = HttpTarget(desc)
+    minted: dict[int, dict[str, Any]] = {}
+
+    def mint(i: int) -> dict[str, Any]:
+        verifier = rfc7636.new_verifier()
+        code = minter.mint_code(chosen.id, challenge=rfc7636.s256_challenge(verifier), method="S256")
+        minted[i] = {"code": code, "verifier": verifier}
+        return minted[i]
+
+    committed_before = _count_tokens(desc)
+    spec = RaceSpec(url="", target=str(desc.path), pepper=None, seed="", codes=codes, racers=racers,
+                    client=chosen.id, redirect_uri=chosen.redirect_uri, kind="http")
+    won: dict[int, list[dict[str, str]]] = {}
+    try:
+        report = race_processes(spec, processes=processes or default_processes(racers),
+                                progress=progress, timeout_s=timeout_s, mint=mint, won=won)
+    except RaceInterrupted as stopped:
+        _describe_http(stopped.report, desc, chosen.id, spec, minter, minted, won, committed_before,
+                       probe=False)
+        minter.close()
+        raise
+    _describe_http(report, desc, chosen.id, spec, minter, minted, won, committed_before, probe=True)
+    minter.close()
+    return report
+
+
+def _count_tokens(desc: Any) -> int | None:
+    """``token_count_sql`` on the description's database, read-only; ``None`` when not described."""
+    if not desc.database_url or not desc.token_count_sql:
+        return None
+    import psycopg
+
+    try:
+        with psycopg.connect(desc.database_url, autocommit=True, connect_timeout=5,
+                             options="-c default_transaction_read_only=on") as conn:
+            row = conn.execute(desc.token_count_sql.encode()).fetchone()
+    except psycopg.Error as exc:
+        raise SetupError(f"{desc.name}: token_count_sql failed: {str(exc).strip().splitlines()[0]}") from None
+    return int(row[0]) if row else 0
+
+
+def _describe_http(report: RaceReport, desc: Any, client: str, spec: RaceSpec, minter: Any,
+                   minted: dict[int, dict[str, Any]], won: dict[int, list[dict[str, str]]],
+                   committed_before: int | None, *, probe: bool) -> None:
+    """Settings, double-won codes, and what a replay and a probe say about the winners' tokens."""
+    from harness.errors import OAuthError
+
+    double = [row for row in report.winners.evidence if row["problem"] == "won more than once"]
+    after: dict[str, Any] = {}
+    if probe:
+        replayed = refused = active = probed = refreshable = 0
+        for i, pair in sorted(minted.items()):
+            if i not in won:
+                continue
+            replayed += 1
+            try:
+                minter.exchange_code(pair["code"], client, spec.redirect_uri, pair["verifier"])
+            except OAuthError:
+                refused += 1
+            for tokens in {t["access_token"]: t for t in won[i]}.values():
+                probed += 1
+                if "introspect" in {c.value for c in minter.capabilities}:
+                    with contextlib.suppress(OAuthError):
+                        active += minter.introspect_access_token(tokens["access_token"]) is not None
+                if tokens.get("refresh_token"):
+                    try:
+                        minter.refresh(tokens["refresh_token"], client)
+                        refreshable += 1
+                    except OAuthError:
+                        pass
+        after = {"codes_replayed": replayed, "replays_refused": refused,
+                 "winning_token_sets": probed,
+                 "access_tokens_active_after_replay": active if minter.capabilities else None,
+                 "refresh_tokens_usable_after_replay": refreshable}
+    committed_after = _count_tokens(desc) if committed_before is not None else None
+    report.stats.update({
+        "target": str(desc.path),
+        "server": desc.name,
+        "server_concurrency": desc.concurrency,
+        "strategy": "server",
+        "isolation": "server",
+        "operation": "exchange",
+        "racers": spec.racers,
+        "codes": spec.codes,
+        "retry_serialization": 0,
+        "double_won": [{"code": row["code"], "digest": "-", "wins": row["wins"]}
+                       for row in sorted(double, key=lambda r: int(r["code"]))],
+        "no_winner": [{"code": row["code"], "digest": "-", "wins": 0}
+                      for row in report.winners.evidence if row["problem"] == "no winner"],
+        "after_race": after,
+        "tokens_returned": report.winners.summary.get("distinct_token_sets", 0),
+        "tokens_committed": (committed_after - committed_before
+                             if committed_after is not None and committed_before is not None else None),
+    })
+
+
 #: Below this fraction of codes with ≥ 2 attempts in flight at once, a run did not race.
 MIN_RACED_FRACTION = 0.9
 
@@ -560,4 +711,8 @@ def verdict(report: RaceReport, *, min_raced: float = MIN_RACED_FRACTION) -> str
         return "nothing won"
     if report.overlap.summary.get("raced_fraction", 0.0) < min_raced:
         return "no race"
+    if int(report.stats.get("server_concurrency", 2)) <= 1:
+        # The racers overlapped on the wire, but a server that runs one request at a time
+        # serialises them: nothing raced where it matters, so a "pass" would prove nothing.
+        return "inconclusive"
     return "pass"

@@ -60,7 +60,7 @@ def to_table(results: Sequence[CheckResult]) -> str:
     sev = {r.id: r.spec.severity for r in results}
     frame.insert(1, "severity", frame["id"].map(sev))
     lines = [frame.to_string(index=False), "", summary_line(results)]
-    bad = [r for r in results if r.verdict in ("violated", "error")]
+    bad = [r for r in results if r.verdict in ("violated", "error", "inconclusive")]
     if bad:
         lines.append("")
     for r in bad:
@@ -176,7 +176,8 @@ def to_junit(results: Sequence[CheckResult]) -> str:
         seconds = sum(r.seconds for r in mine)
         suite = ET.SubElement(root, "testsuite", name=f"claimcheck.{target}", tests=str(len(mine)),
                               failures=str(c["violated"]), errors=str(c["error"]),
-                              skipped=str(c["not_applicable"]), time=f"{seconds:.3f}", timestamp=stamp)
+                              skipped=str(c["not_applicable"] + c["inconclusive"]),
+                              time=f"{seconds:.3f}", timestamp=stamp)
         for r in mine:
             case = ET.SubElement(suite, "testcase", classname=f"claimcheck.{target}.{r.spec.theme}",
                                  name=f"{r.id}: {r.spec.title}", time=f"{r.seconds:.3f}")
@@ -192,6 +193,9 @@ def to_junit(results: Sequence[CheckResult]) -> str:
                 error.text = _steps_text(r)
             elif r.verdict == "not_applicable":
                 ET.SubElement(case, "skipped", message=first_failure(r) or "not applicable")
+            elif r.verdict == "inconclusive":
+                ET.SubElement(case, "skipped",
+                              message="inconclusive: " + (first_failure(r) or "proves nothing"))
             else:
                 out = ET.SubElement(case, "system-out")
                 out.text = _steps_text(r)
@@ -201,7 +205,7 @@ def to_junit(results: Sequence[CheckResult]) -> str:
     root.set("tests", str(totals["tests"]))
     root.set("failures", str(totals["violated"]))
     root.set("errors", str(totals["error"]))
-    root.set("skipped", str(totals["not_applicable"]))
+    root.set("skipped", str(totals["not_applicable"] + totals["inconclusive"]))
     root.set("time", f"{total_time:.3f}")
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

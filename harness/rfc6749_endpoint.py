@@ -1,24 +1,39 @@
-"""An RFC 6749 token endpoint (§3.2, §4.1.3, §6, §5) over any target, as a Starlette ASGI app."""
+"""A test authorization server over any target, as a Starlette ASGI app (``harness serve``).
+
+* ``POST /token``: the RFC 6749 token endpoint (§3.2, §4.1.3, §6; errors §5.2).
+* ``GET /authorize``: the authorization endpoint (RFC 6749 §4.1.1–§4.1.2.1, with
+  PKCE parameters passed through per RFC 7636 §4.3), auto-consenting for one
+  configured test user, so that a target can be attacked black-box.
+* ``POST /introspect``: RFC 7662 token introspection, client-authenticated.
+* ``GET /healthz``: whether the database answers.
+
+The test clients and user that ``/authorize`` serves are registered in the
+target's database by ``harness serve`` (:func:`register_test_clients`), under
+the harness's safety contract (``harness.scope``): a row is inserted only if
+absent, and only the rows this process inserted are removed at shutdown.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import ctypes
+import html
 import logging
 import os
 import re
+import secrets
 import signal
 import sys
 import threading
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hmac import compare_digest
-from typing import Any
-from urllib.parse import parse_qsl, unquote_plus
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 import anyio
 import anyio.to_thread
@@ -28,18 +43,20 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from harness.at_rest import hash_at_rest
 from harness.database import Database, connect
-from harness.errors import InternalError, OAuthError
-from harness.repository import MAX_INPUT_CHARS
+from harness.errors import InternalError, OAuthError, SetupError
+from harness.repository import MAX_INPUT_CHARS, AuthCodeParams
+from harness.scope import Removed
 from harness.settings import Settings
 from harness.targets import Target, load_target
 
 log = logging.getLogger("harness.http")
+T = TypeVar("T")
 
 #: Bodies above this are refused before they are read in full: a token request is a few hundred bytes.
 MAX_BODY_BYTES = 16 * 1024
@@ -180,32 +197,44 @@ async def read_body_within(request: Request, timeout_s: float, limit: int = MAX_
                      408, {"Connection": "close"})
 
 
-def parse_form(body: bytes) -> dict[str, str]:
-    """Parse a form body strictly (RFC 6749 §3.2, Appendix B); blank values count as omitted.
+def _parse_pairs(raw: bytes, what: str = "form body", item: str = "form") -> list[tuple[str, str]]:
+    """The name-value pairs of a form body or query string, parsed strictly (RFC 6749 Appendix B).
 
-    Refused: non-ASCII bytes (form encoding is ASCII on the wire), invalid
-    percent escapes, escapes that do not decode to UTF-8, fields without
-    ``=``, NUL characters, values longer than the repository accepts, and any
-    parameter sent more than once (§3.2: "MUST NOT be included more than once").
+    Refused (``invalid_request``): non-ASCII bytes (form encoding is ASCII on
+    the wire), invalid percent escapes, escapes that do not decode to UTF-8,
+    fields without ``=``, more than ``MAX_FIELDS`` fields, NUL characters.
+    ``what`` and ``item`` name the part in the public description ("form body"
+    and "form", or "query" twice).
     """
     try:
-        text = body.decode("ascii")
+        text = raw.decode("ascii")
     except UnicodeDecodeError:
-        raise _invalid_request("the form body contains bytes that are not form-urlencoded") from None
+        raise _invalid_request(f"the {what} contains bytes that are not form-urlencoded") from None
     if _BAD_PERCENT.search(text):
-        raise _invalid_request("the form body contains an invalid percent escape")
+        raise _invalid_request(f"the {what} contains an invalid percent escape")
     try:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, encoding="utf-8",
                           errors="strict", max_num_fields=MAX_FIELDS)
     except UnicodeDecodeError:
-        raise _invalid_request("a form value is not valid UTF-8") from None
+        raise _invalid_request(f"a {item} value is not valid UTF-8") from None
     except ValueError:
-        raise _invalid_request("malformed form body") from None
-    form: dict[str, str] = {}
-    seen: set[str] = set()
+        raise _invalid_request(f"malformed {what}") from None
     for name, value in pairs:
         if "\x00" in name or "\x00" in value:
-            raise _invalid_request("a form parameter contains a NUL character")
+            raise _invalid_request(f"a {item} parameter contains a NUL character")
+    return pairs
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """Parse a form body strictly (RFC 6749 §3.2, Appendix B); blank values count as omitted.
+
+    Refused: whatever ``_parse_pairs`` refuses, values longer than the
+    repository accepts, and any parameter sent more than once (§3.2: "MUST
+    NOT be included more than once").
+    """
+    form: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, value in _parse_pairs(body):
         if name in seen:
             raise _invalid_request(f"parameter {name!r} included more than once"[:200])
         seen.add(name)
@@ -274,12 +303,25 @@ def client_credentials(authorization: str | None, form: dict[str, str]) -> Clien
     return ClientCredentials(form["client_id"], form.get("client_secret"), basic=False)
 
 
-def authenticate_client(target: Target, creds: ClientCredentials) -> None:
+def client_secret_digest(target: Target, secret: str) -> str:
+    """What ``oauth_clients.client_secret_hash`` holds for ``secret``: its ``hash_at_rest``, target's pepper.
+
+    One function for both sides (``authenticate_client`` and
+    ``register_test_clients``), so the registered digest and the compared
+    one can never differ.
+    """
+    return hash_at_rest(secret, getattr(target, "pepper", None))
+
+
+def authenticate_client(target: Target, creds: ClientCredentials, *, confidential_only: bool = False) -> None:
     """The client must exist in ``oauth_clients``; a client with a ``client_secret_hash`` must prove it.
 
     ``client_secret_hash`` holds ``hash_at_rest(secret)`` (the deployment
     pepper's HMAC); a client without one is public (RFC 6749 §2.1) and a
     secret it sends is ignored. A target without a ``db`` is not checked.
+    With ``confidential_only`` a public client is refused too: it cannot
+    authenticate, and RFC 7662 §2.1 wants the caller of introspection
+    authenticated (a public client id is no credential, §4: token scanning).
 
     Every path does the same work: one ``hash_at_rest`` (of the presented
     secret, or of a fixed dummy when none was sent) and one
@@ -298,10 +340,9 @@ def authenticate_client(target: Target, creds: ClientCredentials) -> None:
         ).fetchone()
     known = row is not None
     stored: str | None = row[0] if row is not None else None
-    presented = hash_at_rest(creds.secret if creds.secret is not None else _DUMMY_SECRET,
-                             getattr(target, "pepper", None))
+    presented = client_secret_digest(target, creds.secret if creds.secret is not None else _DUMMY_SECRET)
     matches = compare_digest(presented.encode(), (stored if stored is not None else _DUMMY_DIGEST).encode())
-    if known and (stored is None or (creds.secret is not None and matches)):
+    if known and ((stored is None and not confidential_only) or (creds.secret is not None and matches)):
         return
     raise TokenError("invalid_client", "client authentication failed", 401,
                      _WWW_BASIC if creds.basic else None)
@@ -337,16 +378,349 @@ def grant(target: Target, form: dict[str, str], creds: ClientCredentials) -> dic
     return tokens.response()
 
 
-def create_app(target: Target | None = None, *, read_timeout: float | None = None) -> Starlette:
-    """The token endpoint over ``target``; with ``None``, one is built from the environment at startup.
+async def run_with_deadline(what: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread; a 503 ``temporarily_unavailable`` if it outlives the deadline.
+
+    A request still running at ``GRANT_DEADLINE_S`` (a database that accepts
+    but never answers) gets its 503 and the thread is left to finish on its
+    own: a thread blocked in a socket read cannot be interrupted. ``what``
+    names the request in the log.
+    """
+    finished = False
+    result: Any = None
+    with anyio.move_on_after(GRANT_DEADLINE_S) as deadline:
+        result = await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+        finished = True
+    if deadline.cancelled_caught or not finished:
+        log.error("%s abandoned after %g s", what, GRANT_DEADLINE_S)
+        raise _unavailable()
+    return cast(T, result)
+
+
+def _failure(exc: Exception, what: str) -> TokenError:
+    """The §5.2 answer to an unexpected exception: 503 for a lost database, else 500; never a traceback."""
+    if database_unavailable(exc):
+        log.warning("%s refused, database unavailable: %s", what, type(exc).__name__)
+        return _unavailable()
+    log.error("%s failed: %s", what, type(exc).__name__)
+    return TokenError("server_error", "Internal server error", 500)
+
+
+# -- the test clients and user of ``harness serve`` ------------------------------------------------
+
+#: The resource owner ``/authorize`` consents for at once: there is no login step.
+TEST_USER = "claimcheck-user"
+#: The redirect URI of every test client.
+TEST_REDIRECT_URI = "https://client.example/cb"
+#: The confidential test clients' secret: read from the environment only, never printed.
+CLIENT_SECRET_ENV = "CLAIMCHECK_CLIENT_SECRET"
+
+
+@dataclass(frozen=True)
+class ServedClient:
+    """A test client of ``harness serve`` (RFC 6749 §2); the confidential ones share one secret."""
+
+    client_id: str
+    confidential: bool
+    redirect_uris: tuple[str, ...] = (TEST_REDIRECT_URI,)
+
+
+#: The ``[[clients]]`` of ``examples/endpoints/harness-serve.toml``: what a reviewer's tool uses.
+SERVED_CLIENTS: tuple[ServedClient, ...] = (
+    ServedClient("claimcheck-a", confidential=True),
+    ServedClient("claimcheck-b", confidential=True),
+    ServedClient("claimcheck-public", confidential=False),
+)
+SERVED_CLIENT_IDS: frozenset[str] = frozenset(c.client_id for c in SERVED_CLIENTS)
+#: Statements of the shutdown cleanup may take this long (ms): a shutdown must not hang on a
+#: database that stopped answering.
+CLEANUP_STATEMENT_TIMEOUT_MS = 10_000
+
+
+@dataclass
+class Registration:
+    """The test clients and user in the target's database, and which of those rows this process created.
+
+    :meth:`cleanup` removes only ``created_clients`` and, if ``created_user``,
+    the user, with the codes and refresh tokens that hang off them. A row that
+    was there before (someone else's, or one a SIGKILLed server left behind)
+    is used but never deleted.
+    """
+
+    db: Database
+    #: Every test client that ``/authorize`` can serve: created here, or found as registered.
+    clients: tuple[str, ...]
+    created_clients: tuple[str, ...]
+    created_user: bool
+    user_id: str = TEST_USER
+    removed: Removed | None = field(default=None, init=False)
+
+    def cleanup(self) -> Removed:
+        """Delete exactly the rows this process created, children first; never TRUNCATE or CASCADE.
+
+        Idempotent. On a fresh connection of its own (the pools may be gone at shutdown).
+        """
+        if self.removed is not None:
+            return self.removed
+        removed = Removed()
+        clients = list(self.created_clients)
+        # ``user_id = NULL`` matches no row: a user that was there before keeps every row.
+        user = self.user_id if self.created_user else None
+        if clients or user is not None:
+            with self.db.connect() as conn, conn.transaction():
+                conn.execute(f"SET LOCAL statement_timeout = {CLEANUP_STATEMENT_TIMEOUT_MS:d}".encode())
+                # Codes before refresh tokens: a code links its token, and ON DELETE SET NULL would
+                # write to the code rows on the way. The rows of a user this process created go too
+                # (whatever their client): they can only have been issued after it was created, and
+                # leaving them would let the foreign keys' ON DELETE CASCADE delete them unseen.
+                removed.codes = conn.execute(
+                    "DELETE FROM oauth_auth_codes WHERE client_id = ANY(%s) OR user_id = %s",
+                    (clients, user)).rowcount
+                removed.refresh_tokens = conn.execute(
+                    "DELETE FROM oauth_refresh_tokens WHERE client_id = ANY(%s) OR user_id = %s",
+                    (clients, user)).rowcount
+                removed.clients = conn.execute(
+                    "DELETE FROM oauth_clients WHERE client_id = ANY(%s)", (clients,)).rowcount
+                if user is not None:
+                    removed.users = conn.execute("DELETE FROM users WHERE id = %s", (user,)).rowcount
+        self.removed = removed
+        log.info("harness serve: removed %d rows it created", removed.total)
+        return removed
+
+
+def _registration_conflict(client: ServedClient, expected: str | None,
+                           existing: tuple[Any, ...] | None) -> str | None:
+    """Why an existing ``oauth_clients`` row cannot serve as ``client`` (never showing a secret or digest)."""
+    if existing is None:  # deleted between our INSERT and this SELECT
+        return f"the oauth_clients row {client.client_id!r} changed while harness serve registered it"
+    stored, uris = existing
+    same_secret = (stored is None and expected is None) or (
+        stored is not None and expected is not None
+        and compare_digest(str(stored).encode(), expected.encode()))
+    if not same_secret:
+        how = ("as a public client" if expected is None else
+               f"with the digest of {CLIENT_SECRET_ENV}")
+        return (f"oauth_clients already has a client {client.client_id!r} with another client_secret_hash: "
+                f"harness serve registers it {how} and will not overwrite a row it did not create "
+                "(remove that row, or serve another database)")
+    missing = [uri for uri in client.redirect_uris if uri not in (uris or [])]
+    if missing:
+        return (f"oauth_clients already has a client {client.client_id!r} whose redirect_uris lack "
+                f"{', '.join(missing)}: harness serve will not overwrite a row it did not create "
+                "(remove that row, or serve another database)")
+    return None
+
+
+def register_test_clients(db: Database, target: Target, secret: str | None, *,
+                          clients: Sequence[ServedClient] = SERVED_CLIENTS,
+                          user_id: str = TEST_USER) -> Registration:
+    """Insert the test clients and user where absent; remember which rows were inserted here.
+
+    The confidential clients get ``client_secret_digest(target, secret)``;
+    without ``secret`` only the public ones are registered. A client row that
+    exists already is used if it matches (the same ``client_secret_hash``,
+    ``redirect_uris`` that include ours); otherwise ``SetupError`` and nothing
+    is written (one transaction): someone's row is never overwritten. Safe
+    against another process registering at the same time (``ON CONFLICT DO
+    NOTHING``: the row then counts as existing).
+    """
+    if secret is not None and (not secret or len(secret) > MAX_INPUT_CHARS or _has_control(secret)):
+        raise SetupError(f"{CLIENT_SECRET_ENV} must be 1 to {MAX_INPUT_CHARS} characters without control "
+                         "characters (HTTP Basic cannot carry others)")
+    try:
+        digest = client_secret_digest(target, secret) if secret else None
+    except InternalError as exc:
+        raise SetupError(f"cannot hash {CLIENT_SECRET_ENV}: {exc.detail}") from None
+    wanted = [c for c in clients if not c.confidential or digest is not None]
+    created: list[str] = []
+    try:
+        with db.connect() as conn, conn.transaction():
+            created_user = conn.execute(
+                "INSERT INTO users (id, name) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
+                (user_id, "claimcheck test user (harness serve)")).fetchone() is not None
+            for client in wanted:
+                expected = digest if client.confidential else None
+                row = conn.execute(
+                    "INSERT INTO oauth_clients (client_id, client_secret_hash, client_name, redirect_uris) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (client_id) DO NOTHING RETURNING client_id",
+                    (client.client_id, expected, "claimcheck test client (harness serve)",
+                     list(client.redirect_uris))).fetchone()
+                if row is not None:
+                    created.append(client.client_id)
+                    continue
+                existing = conn.execute(
+                    "SELECT client_secret_hash, redirect_uris FROM oauth_clients WHERE client_id = %s",
+                    (client.client_id,)).fetchone()
+                conflict = _registration_conflict(client, expected, existing)
+                if conflict is not None:
+                    raise SetupError(conflict)  # leaves the transaction: nothing stays written
+    except psycopg.Error as exc:
+        raise SetupError(f"cannot register the test clients: {type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    return Registration(db, clients=tuple(c.client_id for c in wanted), created_clients=tuple(created),
+                        created_user=created_user, user_id=user_id)
+
+
+# -- the authorization endpoint (RFC 6749 §4.1.1–§4.1.2.1) -----------------------------------------
+
+#: The parameters ``/authorize`` reads; any other is ignored (RFC 6749 §3.1).
+AUTHORIZE_PARAMS = frozenset({"response_type", "client_id", "redirect_uri", "scope", "state",
+                              "code_challenge", "code_challenge_method"})
+#: RFC 6749 §3.3: ``scope = scope-token *( SP scope-token )``, ``scope-token = 1*NQCHAR``.
+_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
+
+
+def _query_params(raw: bytes) -> dict[str, list[str]]:
+    """The recognised parameters of an authorization request, each with every value it was sent."""
+    params: dict[str, list[str]] = {}
+    for name, value in _parse_pairs(raw, "query", "query"):
+        if name in AUTHORIZE_PARAMS:
+            if len(value) > MAX_INPUT_CHARS:
+                raise _invalid_request(f"parameter {name!r} is longer than {MAX_INPUT_CHARS} characters")
+            params.setdefault(name, []).append(value)
+    return params
+
+
+def _single(params: dict[str, list[str]], name: str) -> str | None:
+    """A parameter sent at most once (RFC 6749 §3.1); blank counts as omitted."""
+    values = params.get(name, [])
+    if len(values) > 1:
+        raise _invalid_request(f"parameter {name!r} included more than once")
+    return values[0] if values and values[0] else None
+
+
+def client_redirect_uris(target: Target, client_id: str) -> tuple[str, ...] | None:
+    """The registered ``redirect_uris`` of ``client_id``, or ``None`` if no such client (synchronous)."""
+    db: Database | None = getattr(target, "db", None)
+    if db is None:  # nothing to verify a redirect URI against: no redirect at all
+        return None
+    with db.read_pool.connection() as conn:
+        row = conn.execute("SELECT redirect_uris FROM oauth_clients WHERE client_id = %s",
+                           (client_id,)).fetchone()
+    return None if row is None else tuple(row[0] or ())
+
+
+def authorization_code_params(params: dict[str, list[str]], client_id: str, redirect_uri: str,
+                              user_id: str) -> AuthCodeParams:
+    """What to store for a verified client's request, with a fresh code; ``TokenError`` if it is refused.
+
+    The errors are RFC 6749 §4.1.2.1's (sent to the redirect URI). PKCE
+    parameters pass through as they came (RFC 7636 §4.3): whether ``plain``
+    or a missing method is acceptable is the target's to decide when it
+    stores the code, so that verdicts over HTTP equal those in process.
+    """
+    for name in AUTHORIZE_PARAMS:
+        _single(params, name)
+    response_type = _single(params, "response_type")
+    if response_type is None:
+        raise _invalid_request("missing response_type")
+    if response_type != "code":
+        raise TokenError("unsupported_response_type", "only response_type=code is supported")
+    scope = _single(params, "scope")
+    # §3.3: without a scope the server must use a default or fail; this one has no default.
+    if scope is None or not _SCOPE.fullmatch(scope):
+        raise TokenError("invalid_scope", "scope is missing or malformed (RFC 6749 §3.3)")
+    return AuthCodeParams(
+        # 256 bits from the CSPRNG (RFC 6749 §10.10), like the refresh tokens.
+        code=secrets.token_urlsafe(32), client_id=client_id, user_id=user_id, redirect_uri=redirect_uri,
+        scope=scope, code_challenge=_single(params, "code_challenge"),
+        code_challenge_method=_single(params, "code_challenge_method"))
+
+
+def store_code(target: Target, params: AuthCodeParams) -> None:
+    """The target stores the code (synchronous); its refusal is ``invalid_request`` (RFC 6749 §4.1.2.1)."""
+    try:
+        target.store_authorization_code(params)
+    except InternalError as exc:
+        if database_unavailable(exc):
+            log.warning("authorization request refused, database unavailable: %s", exc.detail)
+            raise _unavailable() from None
+        log.error("authorization request failed: %s", exc.detail)
+        raise TokenError("server_error", "Internal server error", 500) from None
+    except OAuthError as exc:
+        # ``detail`` names the reason (e.g. "code_challenge_method must be S256"), never a value.
+        log.info("the target refused to store an authorization code for %s: %s", params.client_id,
+                 exc.detail)
+        raise _invalid_request("the authorization request was refused") from None
+
+
+def authorization_redirect(redirect_uri: str, params: dict[str, str], state: str | None) -> Response:
+    """302 to a verified redirect URI, ``params`` and ``state`` added to its query (RFC 6749 §4.1.2).
+
+    An existing query is kept (§3.1.2: "MUST retain"); the URI is extended as
+    text, never re-serialised, so the client finds it exactly as registered.
+    Not cached, and no ``Referer`` carries the code onwards.
+    """
+    if state is not None:
+        params = {**params, "state": state}
+    separator = "" if redirect_uri.endswith(("?", "&")) else "&" if "?" in redirect_uri else "?"
+    return Response(status_code=302, headers={"Location": f"{redirect_uri}{separator}{urlencode(params)}",
+                                              **NO_STORE, "Referrer-Policy": "no-referrer"})
+
+
+def authorization_error_page(request: Request, exc: TokenError) -> Response:
+    """An error shown to the user, never redirected (RFC 6749 §4.1.2.1): HTML for a browser, else JSON.
+
+    The text is the server's own; nothing of the request is echoed.
+    """
+    if "text/html" in request.headers.get("accept", "").lower():
+        page = (f"<!doctype html><meta charset=utf-8><title>Authorization error</title>"
+                f"<h1>{html.escape(exc.error)}</h1><p>{html.escape(exc.description)}</p>")
+        return HTMLResponse(page, status_code=exc.status, headers={**NO_STORE, **exc.headers})
+    return error_response(exc.error, exc.description, exc.status, exc.headers)
+
+
+# -- token introspection (RFC 7662) ----------------------------------------------------------------
+
+#: The claims of an active token that ``/introspect`` answers with (RFC 7662 §2.2).
+INTROSPECTION_CLAIMS = ("scope", "client_id", "sub", "exp", "iat")
+
+
+def introspection(target: Target, creds: ClientCredentials, token: str) -> dict[str, Any]:
+    """The RFC 7662 §2.2 answer for ``token`` (synchronous: called in the threadpool).
+
+    The caller must be a confidential client (§2.1); it then learns whether
+    the target still honours the access token. Anything the target does not
+    recognise, including a refresh token, is ``{"active": false}``.
+    """
+    authenticate_client(target, creds, confidential_only=True)
+    inspect: Callable[[str], dict[str, Any] | None] | None = getattr(target, "introspect_access_token", None)
+    if not callable(inspect):  # a reviewer's duck-typed target may have no way to tell
+        raise TokenError("invalid_request", "this target cannot introspect tokens", 501)
+    try:
+        claims = inspect(token)
+    except InternalError as exc:
+        if database_unavailable(exc):
+            log.warning("introspection request refused, database unavailable: %s", exc.detail)
+            raise _unavailable() from None
+        log.error("introspection request failed: %s", exc.detail)
+        raise TokenError("server_error", "Internal server error", 500) from None
+    except OAuthError:
+        claims = None
+    if not isinstance(claims, dict):
+        return {"active": False}
+    answer: dict[str, Any] = {"active": True}
+    answer.update((key, claims[key]) for key in INTROSPECTION_CLAIMS if key in claims)
+    answer["token_type"] = "Bearer"
+    return answer
+
+
+def create_app(target: Target | None = None, *, read_timeout: float | None = None,
+               clients: Collection[str] = SERVED_CLIENT_IDS, user_id: str = TEST_USER) -> Starlette:
+    """The test authorization server over ``target``; with ``None``, one is built from the environment.
 
     From the environment: ``HARNESS_DATABASE_URL`` (or the embedded server),
     ``HARNESS_TARGET`` and ``HARNESS_AT_REST_PEPPER``: what ``harness serve``
     exports to its uvicorn workers. ``read_timeout`` bounds the time a body
     may take to arrive (default ``HARNESS_SERVE_READ_TIMEOUT_S`` or 10 s).
+    ``/authorize`` serves only ``clients`` (and only those registered in the
+    database) and consents for ``user_id``; registering them is the caller's
+    job (``register_test_clients``), done once by ``harness serve``, never by
+    a worker.
     """
     state: dict[str, Any] = {"target": target}
     body_timeout_s = read_timeout if read_timeout is not None else read_timeout_s()
+    served_clients = frozenset(clients)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -367,34 +741,82 @@ def create_app(target: Target | None = None, *, read_timeout: float | None = Non
             raise TokenError("server_error", "endpoint not initialised", 500)
         return found
 
+    async def client_form(request: Request) -> tuple[dict[str, str], ClientCredentials]:
+        """The form body and client credentials of a client-authenticated POST (/token, /introspect)."""
+        if len(request.headers.getlist("authorization")) > 1:
+            # Which one would count? A proxy and the app may each pick a different one.
+            raise _invalid_request("more than one Authorization header")
+        _check_content_type(request.headers.get("content-type"))
+        form = parse_form(await read_body_within(request, body_timeout_s))
+        return form, client_credentials(request.headers.get("authorization"), form)
+
     async def token(request: Request) -> Response:
         try:
-            if len(request.headers.getlist("authorization")) > 1:
-                # Which one would count? A proxy and the app may each pick a different one.
-                raise _invalid_request("more than one Authorization header")
-            _check_content_type(request.headers.get("content-type"))
-            form = parse_form(await read_body_within(request, body_timeout_s))
-            creds = client_credentials(request.headers.get("authorization"), form)
-            # The grant runs in a worker thread. If it is still running at the deadline (a database
-            # that accepts but never answers), the client gets a 503 and the thread is left to
-            # finish on its own: a thread blocked in a socket read cannot be interrupted.
-            body: dict[str, Any] | None = None
-            with anyio.move_on_after(GRANT_DEADLINE_S) as deadline:
-                body = await anyio.to_thread.run_sync(grant, current(), form, creds,
-                                                      abandon_on_cancel=True)
-            if deadline.cancelled_caught or body is None:
-                log.error("token request abandoned after %g s", GRANT_DEADLINE_S)
-                raise _unavailable()
+            form, creds = await client_form(request)
+            body = await run_with_deadline("token request", grant, current(), form, creds)
         except TokenError as exc:
             return error_response(exc.error, exc.description, exc.status, exc.headers)
         except Exception as exc:  # a lost database, a broken target: never a traceback
-            if database_unavailable(exc):
-                log.warning("token request refused, database unavailable: %s", type(exc).__name__)
-                unavailable = _unavailable()
-                return error_response(unavailable.error, unavailable.description, unavailable.status,
-                                      unavailable.headers)
-            log.error("token request failed: %s", type(exc).__name__)
-            return error_response("server_error", "Internal server error", 500)
+            failure = _failure(exc, "token request")
+            return error_response(failure.error, failure.description, failure.status, failure.headers)
+        return JSONResponse(body, headers=NO_STORE)
+
+    async def authorize(request: Request) -> Response:
+        # 1. Who asks, and where would the answer go? Until both are verified every error is a page
+        #    for the user: RFC 6749 §4.1.2.1 forbids redirecting to an unverified URI (an open
+        #    redirector would carry the error, or a code, to whoever named the URI).
+        try:
+            params = _query_params(request.scope.get("query_string", b""))
+            client_id = _single(params, "client_id")
+            redirect_uri = _single(params, "redirect_uri")
+            if client_id is None:
+                raise _invalid_request("missing client_id")
+            registered: tuple[str, ...] | None = None
+            if client_id in served_clients:
+                registered = await run_with_deadline("authorization request", client_redirect_uris,
+                                                     current(), client_id)
+            if registered is None:
+                raise TokenError("invalid_client", "unknown client_id")
+            # Required even with one registered URI (§3.1.2.3 would allow omitting it): the code then
+            # always records the URI the token request must repeat (§4.1.3).
+            if redirect_uri is None:
+                raise _invalid_request("missing redirect_uri")
+            # Exact string comparison (RFC 9700 §2.1): no prefix, case or normalisation games.
+            if redirect_uri not in registered or "#" in redirect_uri:
+                raise _invalid_request("redirect_uri is not registered for this client")
+        except TokenError as exc:
+            return authorization_error_page(request, exc)
+        except Exception as exc:  # a lost database, a broken target: a page, never a redirect
+            return authorization_error_page(request, _failure(exc, "authorization request"))
+        # 2. The URI is the client's own: every answer now goes there, with the state (§4.1.2.1).
+        states = params.get("state", [])
+        state_ = states[0] if len(states) == 1 and states[0] else None
+        try:
+            # Auto-consent: the configured test user approves at once (no login, no consent screen).
+            code_params = authorization_code_params(params, client_id, redirect_uri, user_id)
+            await run_with_deadline("authorization request", store_code, current(), code_params)
+        except TokenError as exc:
+            return authorization_redirect(redirect_uri, {"error": exc.error,
+                                                         "error_description": exc.description}, state_)
+        except Exception as exc:
+            failure = _failure(exc, "authorization request")
+            return authorization_redirect(redirect_uri, {"error": failure.error,
+                                                         "error_description": failure.description}, state_)
+        return authorization_redirect(redirect_uri, {"code": code_params.code}, state_)
+
+    async def introspect(request: Request) -> Response:
+        try:
+            form, creds = await client_form(request)
+            if "token" not in form:
+                raise _invalid_request("missing token")
+            # token_type_hint (§2.1) is optional and may be ignored: only access tokens are known.
+            body = await run_with_deadline("introspection request", introspection, current(), creds,
+                                           form["token"])
+        except TokenError as exc:
+            return error_response(exc.error, exc.description, exc.status, exc.headers)
+        except Exception as exc:
+            failure = _failure(exc, "introspection request")
+            return error_response(failure.error, failure.description, failure.status, failure.headers)
         return JSONResponse(body, headers=NO_STORE)
 
     async def healthz(request: Request) -> Response:
@@ -436,7 +858,12 @@ def create_app(target: Target | None = None, *, read_timeout: float | None = Non
         Exception: server_error,
     }
     app = Starlette(
-        routes=[Route("/token", token, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])],
+        routes=[
+            Route("/token", token, methods=["POST"]),
+            Route("/authorize", authorize, methods=["GET"]),
+            Route("/introspect", introspect, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
         exception_handlers=handlers,
         lifespan=lifespan,
     )

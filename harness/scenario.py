@@ -98,6 +98,13 @@ class NotApplicable(Exception):
     """The target cannot take part in this check (verdict ``not_applicable``)."""
 
 
+class Inconclusive(Exception):
+    """The check ran, but what it saw proves nothing either way (verdict ``inconclusive``).
+
+    A violation already observed stands: steps judged before it still count.
+    """
+
+
 def call(fn: Callable[[], Any]) -> Outcome:
     """Run ``fn``; an ``OAuthError`` is an outcome (a refusal), anything else propagates."""
     try:

@@ -36,14 +36,17 @@ import pandas as pd
 from harness.clock import ManualClock
 from harness.database import Database
 from harness.errors import SetupError
-from harness.repository import OAuthRepository
-from harness.scenario import NotApplicable, Scenario, ScenarioError, Step
+from harness.scenario import Inconclusive, NotApplicable, Scenario, ScenarioError, Step
 from harness.scope import RunScope
 from harness.settings import Settings
 from harness.targets import load_target
+from harness.targets.capabilities import Capability, capabilities_of, describe, missing
+from harness.targets.endpoint import is_description
 
-Verdict = Literal["holds", "violated", "not_applicable", "error"]
-VERDICTS: tuple[Verdict, ...] = ("holds", "violated", "not_applicable", "error")
+Verdict = Literal["holds", "violated", "inconclusive", "not_applicable", "error"]
+#: ``inconclusive``: the check ran but its evidence proves nothing (a race in which nothing could
+#: race, e.g. a server that runs one request at a time); never counted as holding.
+VERDICTS: tuple[Verdict, ...] = ("holds", "violated", "inconclusive", "not_applicable", "error")
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 #: The shipped targets, in the order the findings table shows them.
 SHIPPED_TARGETS = ("faithful", "hardened", "naive")
@@ -62,6 +65,8 @@ class CheckSpec:
     severity: str
     expected: str
     theme: str
+    #: What the target must offer beyond the grants (``harness.targets.capabilities``).
+    requires: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,30 +109,67 @@ class Context:
 
     Every name it hands out starts with its run scope's prefix
     (``cc-<run id>-…``, ``harness.scope``), so the rows a check creates are
-    found and removed by that prefix and by nothing else.
+    found and removed by that prefix and by nothing else. Over HTTP there is
+    no database: clients are the description's, codes come from its
+    authorization endpoint, and ``caps`` says what else can be looked at.
     """
 
-    db: Database
+    db: Database | None
     target_name: str
-    pepper: str | bytes
+    pepper: str | bytes | None
     spec: CheckSpec
-    scope: RunScope
+    scope: RunScope | None
+    caps: frozenset[Capability] = frozenset()
+    remote_clients: tuple[str, ...] = ()
     scenario: Scenario = field(default_factory=Scenario)
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     user: str = ""
     #: What ``cleanup()`` runs before the scope's removal (e.g. rows found by digest).
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+    _labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.user = self.name("user")
 
+    @property
+    def remote(self) -> bool:
+        """Whether the target is a server reached over HTTP (an endpoint description)."""
+        return bool(self.remote_clients)
+
+    def has(self, *caps: Capability) -> bool:
+        return all(c in self.caps for c in caps)
+
+    @property
+    def rows(self) -> Database:
+        """The target's database, for checks that look at its rows (they require ``ROWS``)."""
+        if self.db is None:
+            raise NotApplicable("needs rows: the target's database is not reachable")
+        return self.db
+
+    @property
+    def key(self) -> str | bytes:
+        """The deployment pepper, for checks that recompute digests (they require ``DIGEST``)."""
+        if not self.pepper:
+            raise NotApplicable("needs the at-rest pepper")
+        return self.pepper
+
     def name(self, suffix: str) -> str:
         """A name unique to this run of this check (clients, users, codes), under the scope's prefix."""
         slug = re.sub(r"[^a-z0-9]+", "-", self.spec.id.lower()).strip("-")
-        return self.scope.name(f"{self.run_id}-{slug}-{suffix}")
+        label = f"{self.run_id}-{slug}-{suffix}"
+        return self.scope.name(label) if self.scope is not None else f"cc-{label}"
 
     def client(self, label: str = "a") -> str:
-        """A registered client (``oauth_clients`` row) unique to this run."""
+        """A client for ``label``: a registered ``oauth_clients`` row unique to this run, or, over
+        HTTP, the next client of the description (the first label gets the first client)."""
+        if self.remote:
+            if label not in self._labels:
+                if len(self._labels) >= len(self.remote_clients):
+                    raise NotApplicable(f"the check needs {len(self._labels) + 1} clients; the "
+                                        f"description has {len(self.remote_clients)}")
+                self._labels[label] = self.remote_clients[len(self._labels)]
+            return self._labels[label]
+        assert self.db is not None
         client_id = self.name(f"client-{label}")
         self.db.ensure_party(client_id, self.user)
         return client_id
@@ -138,7 +180,7 @@ class Context:
             fn()
 
     def target(self, *, clock: ManualClock | None = None, pepper: str | bytes | None = None,
-               **options: Any) -> OAuthRepository:
+               **options: Any) -> Any:
         """A fresh instance of the target under test (its own hooks, a manual clock)."""
         return load_target(self.target_name, self.db, pepper=self.pepper if pepper is None else pepper,
                            clock=clock or ManualClock(), **options)
@@ -164,9 +206,14 @@ CATALOGUE: dict[str, CheckSpec] = {}
 
 
 def check(
-    *, id: str, title: str, source: str, severity: str, expected: str
+    *, id: str, title: str, source: str, severity: str, expected: str,
+    requires: Iterable[Capability] = (),
 ) -> Callable[[CheckFn], CheckFn]:
-    """Register ``fn`` as the check ``id`` (its theme is the module's name)."""
+    """Register ``fn`` as the check ``id`` (its theme is the module's name).
+
+    ``requires``: the capabilities the check cannot run without; a target that lacks one gets
+    ``not_applicable`` naming it, before the check runs.
+    """
     if severity not in SEVERITIES:
         raise ValueError(f"severity {severity!r} is not one of {SEVERITIES}")
 
@@ -174,7 +221,8 @@ def check(
         if id in _REGISTRY:
             raise ValueError(f"check {id!r} is registered twice")
         spec = CheckSpec(id=id, title=title, source=source, severity=severity, expected=expected,
-                         theme=fn.__module__.rsplit(".", 1)[-1])
+                         theme=fn.__module__.rsplit(".", 1)[-1],
+                         requires=tuple(Capability(c).value for c in requires))
         _REGISTRY[id] = _Entry(spec, fn)
         CATALOGUE[id] = spec
         return fn
@@ -208,28 +256,51 @@ def select(only: Iterable[str] | None = None) -> list[str]:
     return chosen
 
 
-def _pepper(pepper: str | bytes | None) -> str | bytes:
+def _pepper(pepper: str | bytes | None, target_name: str) -> str | bytes | None:
     value = pepper if pepper else Settings.from_env().pepper
-    if not value:
+    if not value and not is_description(target_name):
         raise SetupError("no at-rest pepper: set HARNESS_AT_REST_PEPPER (or pass pepper=…/--pepper)")
-    return value
+    return value or None
 
 
-def run_check(check_id: str, db: Database, target_name: str, pepper: str | bytes | None = None,
-              *, scope: RunScope | None = None, keep_rows: bool = False) -> CheckResult:
+def probe(target_name: str, db: Database | None,
+          pepper: str | bytes | None) -> tuple[frozenset[Capability], tuple[str, ...]]:
+    """What the target offers, and (over HTTP) its clients: loads it once, as the checks will."""
+    target = load_target(target_name, db, pepper=pepper, clock=ManualClock())
+    clients: tuple[str, ...] = ()
+    description = getattr(target, "description", None)
+    if description is not None:
+        clients = tuple(c.id for c in description.clients)
+    close = getattr(target, "close", None)
+    if callable(close):
+        close()
+    return capabilities_of(target), clients
+
+
+def run_check(check_id: str, db: Database | None, target_name: str, pepper: str | bytes | None = None,
+              *, scope: RunScope | None = None, keep_rows: bool = False,
+              offered: tuple[frozenset[Capability], tuple[str, ...]] | None = None) -> CheckResult:
     """Run one check on a fresh instance of ``target_name``; never raises for a target's failure.
 
-    ``SetupError`` (unknown target, no pepper) does propagate: nothing was judged. The rows the
-    check creates are named under ``scope`` and left for its owner to remove (a notebook shows
-    them, then cleans up); without a scope the check uses one of its own and removes its rows
-    afterwards, unless ``keep_rows``.
+    ``SetupError`` (unknown target, no pepper) does propagate: nothing was judged. A target that
+    lacks a capability the check requires gets ``not_applicable`` naming it, and the check does not
+    run. The rows the check creates are named under ``scope`` and left for its owner to remove (a
+    notebook shows them, then cleans up); without a scope the check uses one of its own and removes
+    its rows afterwards, unless ``keep_rows``. ``offered`` is ``probe()``'s answer, when known.
     """
     if check_id not in _REGISTRY:
         raise SetupError(f"unknown check {check_id!r}: known checks are {', '.join(CATALOGUE)}")
     entry = _REGISTRY[check_id]
-    own = scope is None
-    run = scope or RunScope(db, f"check {check_id}", remove=not keep_rows)
-    ctx = Context(db, target_name, _pepper(pepper), entry.spec, run)
+    pepper = _pepper(pepper, target_name)
+    caps, clients = offered or probe(target_name, db, pepper)
+    lacking = missing((Capability(c) for c in entry.spec.requires), caps)
+    if lacking:
+        reason = (f"needs {describe(lacking)}; the target offers "
+                  f"{describe(sorted(caps)) or 'only the grants (HTTP)'}")
+        return CheckResult(entry.spec, target_name, "not_applicable", [{"reason": reason}], [], 0.0)
+    own = scope is None and db is not None
+    run = scope or (RunScope(db, f"check {check_id}", remove=not keep_rows) if db is not None else None)
+    ctx = Context(db, target_name, pepper, entry.spec, run, caps=caps, remote_clients=clients)
     started = time.monotonic()
     verdict: Verdict
     extra: list[dict[str, Any]] = []
@@ -239,6 +310,9 @@ def run_check(check_id: str, db: Database, target_name: str, pepper: str | bytes
         raise
     except NotApplicable as exc:
         verdict = "not_applicable"
+        extra = [{"reason": str(exc)}]
+    except Inconclusive as exc:
+        verdict = "violated" if ctx.scenario.violated else "inconclusive"
         extra = [{"reason": str(exc)}]
     except ScenarioError as exc:
         verdict = "error"
@@ -253,7 +327,7 @@ def run_check(check_id: str, db: Database, target_name: str, pepper: str | bytes
     finally:
         if own and not keep_rows:
             ctx.cleanup()
-        if own:
+        if own and run is not None:
             run.cleanup()
     evidence = extra + (ctx.scenario.evidence or [
         {"step": s.action, "expected": s.expected, "observed": s.observed, "ok": s.ok}
@@ -263,20 +337,24 @@ def run_check(check_id: str, db: Database, target_name: str, pepper: str | bytes
                        time.monotonic() - started)
 
 
-def scan(db: Database, target_name: str, only: Iterable[str] | None = None,
+def scan(db: Database | None, target_name: str, only: Iterable[str] | None = None,
          pepper: str | bytes | None = None,
          progress: Callable[[CheckResult], None] | None = None,
          *, scope: RunScope | None = None, keep_rows: bool = False) -> list[CheckResult]:
     """Run every check (or those ``only`` selects) on ``target_name``, in catalogue order.
 
-    Each check removes its rows when it ends (see ``run_check``), unless ``scope`` is given.
+    Each check removes its rows when it ends (see ``run_check``), unless ``scope`` is given. An
+    endpoint description (``*.toml``) needs no database: ``db`` may be ``None``.
     """
-    pepper = _pepper(pepper)
+    pepper = _pepper(pepper, target_name)
+    if db is None and not is_description(target_name):
+        raise SetupError(f"target {target_name!r} runs in process: it needs a database")
     # Resolve the target once up front, so an unknown or broken one is a setup error, not N errors.
-    load_target(target_name, db, pepper=pepper, clock=ManualClock())
+    offered = probe(target_name, db, pepper)
     results = []
     for check_id in select(only):
-        result = run_check(check_id, db, target_name, pepper, scope=scope, keep_rows=keep_rows)
+        result = run_check(check_id, db, target_name, pepper, scope=scope, keep_rows=keep_rows,
+                           offered=offered)
         results.append(result)
         if progress is not None:
             progress(result)

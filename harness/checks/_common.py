@@ -10,6 +10,7 @@ from harness import rfc7636
 from harness.checks import Context
 from harness.repository import AuthCodeParams, OAuthRepository
 from harness.scenario import Outcome
+from harness.targets.capabilities import Capability
 from harness.tokens import Tokens
 
 REDIRECT = "https://client.example/cb"
@@ -24,16 +25,27 @@ def short(value: object, n: int = 10) -> str:
     return text if len(text) <= n else text[:n] + "…"
 
 
-def store_code(ctx: Context, target: OAuthRepository, label: str, client: str, *,
+def store_code(ctx: Context, target: Any, label: str, client: str, *,
                verifier: str | None = None, challenge: str | None = None,
                method: str | None = "S256", redirect: str = REDIRECT) -> str:
     """Store a fresh code for ``client`` (PKCE S256 of ``verifier`` when one is given); return the raw code.
 
-    The store is a setup step: if the target refuses it, the check errors.
+    Over HTTP the code comes from the server's authorization endpoint instead. Either way it is
+    a setup step: if the target refuses it, the check errors.
     """
-    code = ctx.name(f"code-{label}")
     if verifier is not None and challenge is None:
         challenge = rfc7636.s256_challenge(verifier)
+    if ctx.remote:
+        # A server reached over HTTP issues its own codes: ask its authorization endpoint, with
+        # the PKCE pair the harness chose (RFC 7636 §4.3).
+        minted: str = ctx.sc.setup(
+            f"obtain code {label!r} for {client!r} from the authorization endpoint"
+            + (f" (PKCE {method})" if challenge is not None else " (no PKCE)"),
+            lambda: target.mint_code(client, challenge=challenge,
+                                     method=method if challenge is not None else None,
+                                     redirect_uri=redirect))
+        return minted
+    code = ctx.name(f"code-{label}")
     params = AuthCodeParams(code=code, client_id=client, user_id=ctx.user, redirect_uri=redirect,
                             scope=SCOPE, code_challenge=challenge,
                             code_challenge_method=method if challenge is not None else None)
@@ -43,14 +55,14 @@ def store_code(ctx: Context, target: OAuthRepository, label: str, client: str, *
     return code
 
 
-def exchange(ctx: Context, target: OAuthRepository, code: str, client: str, verifier: str | None,
+def exchange(ctx: Context, target: Any, code: str, client: str, verifier: str | None,
              label: str, redirect: str | None = REDIRECT) -> Tokens:
     """A legitimate exchange that must succeed (setup step)."""
     tokens: Tokens = ctx.sc.setup(label, lambda: target.exchange_code(code, client, redirect, verifier))
     return tokens
 
 
-def pkce_exchange(ctx: Context, target: OAuthRepository, client: str,
+def pkce_exchange(ctx: Context, target: Any, client: str,
                   label: str) -> tuple[str, str | None, Tokens]:
     """An exchange with PKCE S256 when the target redeems one, else without (a setup step).
 
@@ -72,7 +84,7 @@ def pkce_exchange(ctx: Context, target: OAuthRepository, client: str,
 
 def code_row(ctx: Context, target: OAuthRepository, code: str) -> dict[str, Any] | None:
     """The ``oauth_auth_codes`` row of a raw code (looked up by the target's digest)."""
-    with ctx.db.connect() as conn:
+    with ctx.rows.connect() as conn:
         cur = conn.execute("SELECT code, client_id, used_at, refresh_token_id, expires_at, created_at "
                            "FROM oauth_auth_codes WHERE code = %s", (target.hash(code),))
         row = cur.fetchone()
@@ -81,8 +93,10 @@ def code_row(ctx: Context, target: OAuthRepository, code: str) -> dict[str, Any]
 
 
 def family_frame(ctx: Context, family_ids: list[str]) -> pd.DataFrame:
-    """Every row of the given families (also tombstoned ones), digests shortened."""
-    with ctx.db.connect() as conn:
+    """Every row of the given families (also tombstoned ones), digests shortened; empty without rows."""
+    if not ctx.has(Capability.ROWS) or not any(family_ids):
+        return pd.DataFrame(columns=["token_id", "family_id", "client", "consumed"])
+    with ctx.rows.connect() as conn:
         rows = conn.execute(
             "SELECT token_id, family_id, client_id, consumed_at, expires_at FROM oauth_refresh_tokens "
             "WHERE family_id = ANY(%s) OR family_id = ANY(%s) ORDER BY created_at, token_id",
@@ -93,7 +107,7 @@ def family_frame(ctx: Context, family_ids: list[str]) -> pd.DataFrame:
                          for r in rows], columns=["token_id", "family_id", "client", "consumed"])
 
 
-def live_refresh(target: OAuthRepository, token: str, client: str) -> bool:
+def live_refresh(target: Any, token: str, client: str) -> bool:
     """Whether ``token`` would still be accepted (read-only: ``validate_refresh_token`` writes nothing)."""
     from harness.scenario import call
 

@@ -9,6 +9,7 @@ from typing import Any
 from harness.checks import Context, check
 from harness.checks._common import REDIRECT, SCOPE, pkce_exchange, short, store_code
 from harness.repository import AuthCodeParams, OAuthRepository
+from harness.targets.capabilities import Capability
 from harness.tokens import Tokens
 
 
@@ -33,6 +34,7 @@ def _stdlib_digest(pepper: str | bytes, value: str) -> str:
     severity="high",
     expected="After an exchange and a rotation, no column of any table contains the raw code, the "
              "verifier, a refresh token or an access token: a database read yields nothing usable.",
+    requires={Capability.ROWS, Capability.DIGEST},
 )
 def no_raw_secrets(ctx: Context) -> None:
     target = ctx.target()
@@ -41,7 +43,7 @@ def no_raw_secrets(ctx: Context) -> None:
                "refresh token #2": second.refresh_token, "access token #1": first.access_token,
                "access token #2": second.access_token}
     found: list[dict[str, Any]] = []
-    with ctx.db.connect() as conn:
+    with ctx.rows.connect() as conn:
         tables = [r[0] for r in conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
             "AND table_type = 'BASE TABLE' ORDER BY 1")]
@@ -69,13 +71,14 @@ def no_raw_secrets(ctx: Context) -> None:
     expected="oauth_auth_codes.code, oauth_refresh_tokens.token_id, the code's refresh_token_id "
              "link and a new family's family_id equal HMAC-SHA-256(pepper, raw value) in lowercase "
              "hex, recomputed here with Python's stdlib hmac.",
+    requires={Capability.ROWS, Capability.DIGEST},
 )
 def digest(ctx: Context) -> None:
     target = ctx.target()
     code, _verifier, first, second = _flow(ctx, target)
-    want = {name: _stdlib_digest(ctx.pepper, raw) for name, raw in
+    want = {name: _stdlib_digest(ctx.key, raw) for name, raw in
             (("code", code), ("rt1", first.refresh_token), ("rt2", second.refresh_token))}
-    with ctx.db.connect() as conn:
+    with ctx.rows.connect() as conn:
         code_row = conn.execute("SELECT code, refresh_token_id FROM oauth_auth_codes WHERE code = %s",
                                 (want["code"],)).fetchone()
         tokens = {r[0]: r[1] for r in conn.execute(
@@ -105,6 +108,7 @@ def digest(ctx: Context) -> None:
     expected="Without a pepper nothing is stored (an internal error, no row written); under another "
              "pepper the digest differs and the code is refused as invalid, writing nothing, while "
              "the original deployment can still redeem it.",
+    requires={Capability.ROWS, Capability.DIGEST, Capability.OPTIONS},
 )
 def pepper(ctx: Context) -> None:
     client = ctx.client()
@@ -114,13 +118,13 @@ def pepper(ctx: Context) -> None:
                             scope=SCOPE)
     out = ctx.sc.attempt("store a code with no pepper configured", "refused",
                          lambda: unpeppered.store_authorization_code(params))
-    with ctx.db.connect() as conn:
+    with ctx.rows.connect() as conn:
         row = conn.execute("SELECT count(*) FROM oauth_auth_codes WHERE client_id = %s", (client,)).fetchone()
     written = int(row[0]) if row else 0
     ctx.sc.observe("rows written for that client", expected="0", observed=written, ok=written == 0)
     ctx.sc.evidence.append({"missing_pepper": out.describe(), "rows_written": written})
 
-    base = ctx.pepper.decode() if isinstance(ctx.pepper, bytes) else ctx.pepper
+    base = ctx.key.decode() if isinstance(ctx.key, bytes) else ctx.key
     original, rotated = ctx.target(), ctx.target(pepper=base + "-rotated")
     code = store_code(ctx, original, "peppered", client)
     a, b = original.hash(code), rotated.hash(code)

@@ -10,6 +10,7 @@ from harness.clock import ManualClock
 from harness.errors import SetupError
 from harness.repository import OAuthRepository
 from harness.scenario import NotApplicable, ScenarioError, force_interleaving
+from harness.targets.capabilities import Capability
 from harness.tokens import REFRESH_TOKEN_TTL_S, Tokens
 
 #: Where a refresh can be paused: the naive control between its SELECT and its UPDATE, the
@@ -51,13 +52,14 @@ def rotation(ctx: Context) -> None:
     expected="With a second refresh of the same token forced while the first is between consuming "
              "it and issuing the new one: at most one succeeds, and since the other is a reuse, no "
              "token of the family survives (the winner's new one included).",
+    requires={Capability.STEP_HOOKS},
 )
 def concurrent(ctx: Context) -> None:
     first_side, second_side, client = ctx.target(), ctx.target(), ctx.client()
     tokens = _issued(ctx, first_side, client)
     il = force_interleaving(first_side, lambda: first_side.refresh(tokens.refresh_token, client),
                             CONSUME_PAUSE_POINTS,
-                            lambda: second_side.refresh(tokens.refresh_token, client), db=ctx.db)
+                            lambda: second_side.refresh(tokens.refresh_token, client), db=ctx.rows)
     if il.paused_at is None:
         raise NotApplicable("the target calls none of the step hooks "
                             f"{', '.join(CONSUME_PAUSE_POINTS)}: the interleaving cannot be forced")
@@ -86,6 +88,7 @@ def concurrent(ctx: Context) -> None:
     source="RFC 6749 §6, §10.4",
     severity="medium",
     expected="A refresh token presented after its expires_at is refused.",
+    requires={Capability.CLOCK},
 )
 def expiry(ctx: Context) -> None:
     clock = ManualClock()
@@ -127,6 +130,9 @@ GRACE_S = 30.0
              "longer be detected); outside the window reuse revokes the family.",
 )
 def grace_policy(ctx: Context) -> None:
+    if not ctx.has(Capability.OPTIONS, Capability.CLOCK, Capability.REPOSITORY):
+        _observed_policy(ctx)
+        return
     for mode, grace in (("strict", 0.0), ("grace", GRACE_S)):
         clock = ManualClock()
         try:
@@ -160,3 +166,28 @@ def grace_policy(ctx: Context) -> None:
         ctx.sc.attempt("[grace] refresh with the newest token", "refused",
                        partial(target.refresh, newest.refresh_token, client),
                        why="reuse outside the window revoked the family")
+
+
+def _observed_policy(ctx: Context) -> None:
+    """Black box: the server's own policy (it cannot be reconfigured), judged whichever it is.
+
+    The client retries its rotated-out token at once. Strict reuse detection refuses the retry
+    and revokes the family, so the token the rotation issued is refused too. A grace window
+    serves the retry, but then only one of the two branches may stay usable (RFC 9700 §4.14.2:
+    reuse must stay detectable): the rotation's token, presented after the retry, is refused.
+    """
+    target, client = ctx.target(), ctx.client()
+    first = _issued(ctx, target, client)
+    second: Tokens = ctx.sc.setup("refresh (rotate)", partial(target.refresh, first.refresh_token, client))
+    retry = ctx.sc.attempt("the client retries the rotated-out token at once", "refused",
+                           partial(target.refresh, first.refresh_token, client), judged=False)
+    if not retry.ok:
+        ctx.sc.note("observed policy", "strict reuse detection (the retry was refused)")
+        ctx.sc.attempt("refresh with the token the rotation issued", "refused",
+                       partial(target.refresh, second.refresh_token, client),
+                       why="reuse revoked the family")
+        return
+    ctx.sc.note("observed policy", "a grace window (the retry was served)")
+    ctx.sc.attempt("refresh with the token the rotation issued, after the retry", "refused",
+                   partial(target.refresh, second.refresh_token, client),
+                   why="the retry must retire the other branch: one live token per family")

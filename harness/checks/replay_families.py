@@ -21,6 +21,7 @@ from harness.checks._common import (
 )
 from harness.logs import OAUTH_LOGGER, capture
 from harness.scenario import NotApplicable, ScenarioError, force_interleaving
+from harness.targets.capabilities import Capability
 from harness.tokens import Tokens
 
 _DIGEST = re.compile(r"\b[0-9a-f]{64}\b")
@@ -62,13 +63,14 @@ def revokes_family(ctx: Context) -> None:
     expected="A replay forced while the first exchange has claimed the code but not yet linked its "
              "refresh token is refused, and the tokens that exchange then issues do not survive "
              "(or are never issued).",
+    requires={Capability.STEP_HOOKS},
 )
 def between_claim_and_link(ctx: Context) -> None:
     first_side, replay_side, client = ctx.target(), ctx.target(), ctx.client()
     code = store_code(ctx, first_side, "mid-flight", client)
     il = force_interleaving(first_side, lambda: first_side.exchange_code(code, client, REDIRECT),
                             ("before_link",), lambda: replay_side.exchange_code(code, client, REDIRECT),
-                            db=ctx.db)
+                            db=ctx.rows)
     if il.paused_at is None:
         raise NotApplicable("the target never calls the 'before_link' step hook")
     if not il.happened:
@@ -86,11 +88,13 @@ def between_claim_and_link(ctx: Context) -> None:
     else:
         ctx.sc.observe("the first exchange", expected="refused or revoked", observed=il.first.describe(),
                        ok=True)
-    row = code_row(ctx, first_side, code)
     ctx.sc.evidence.extend([*il.rows(), outcome_row("first exchange", il.first),
-                            outcome_row("replay", il.second),
-                            {"code_digest": short(first_side.hash(code)),
-                             "refresh_token_id_linked": short(row["refresh_token_id"]) if row else "no row"}])
+                            outcome_row("replay", il.second)])
+    if ctx.has(Capability.ROWS, Capability.DIGEST):
+        row = code_row(ctx, first_side, code)
+        ctx.sc.evidence.append({"code_digest": short(first_side.hash(code)),
+                                "refresh_token_id_linked": short(row["refresh_token_id"]) if row
+                                else "no row"})
 
 
 @check(
@@ -119,6 +123,7 @@ def cross_client(ctx: Context) -> None:
     severity="high",
     expected="After the replay, introspecting the access token issued by the exchange says it is "
              "inactive.",
+    requires={Capability.INTROSPECT},
 )
 def access_tokens(ctx: Context) -> None:
     target, client = ctx.target(), ctx.client()
@@ -144,6 +149,7 @@ def access_tokens(ctx: Context) -> None:
     severity="medium",
     expected="No log line (message or field) carries a raw code, verifier, refresh or access "
              "token or the pepper; digests (or a prefix of one) identify the row instead.",
+    requires={Capability.IN_PROCESS},
 )
 def log_secrets(ctx: Context) -> None:
     target, client = ctx.target(), ctx.client()
@@ -165,7 +171,7 @@ def log_secrets(ctx: Context) -> None:
                            lambda: target.refresh(tokens.refresh_token, client), judged=False)
     finally:
         logger.propagate = propagate
-    pepper = ctx.pepper.decode() if isinstance(ctx.pepper, bytes) else ctx.pepper
+    pepper = ctx.key.decode() if isinstance(ctx.key, bytes) else ctx.key
     secrets = {"raw code": code, "raw code (other)": other, "verifier": verifier or "",
                "other code's verifier": other_verifier,
                "refresh token": tokens.refresh_token, "rotated refresh token": rotated.refresh_token,
@@ -192,6 +198,7 @@ def log_secrets(ctx: Context) -> None:
     severity="low",
     expected="After a replay, the family's rows are still there, marked dead, and the code still "
              "points at its refresh token: the incident can be reconstructed; nothing is usable.",
+    requires={Capability.ROWS, Capability.DIGEST},
 )
 def audit_trail(ctx: Context) -> None:
     client = ctx.client()

@@ -14,6 +14,7 @@ from harness import rfc7636
 from harness.checks import Context, check
 from harness.checks._common import REDIRECT, code_row, short, store_code
 from harness.scenario import NotApplicable
+from harness.targets.capabilities import Capability
 
 
 @check(
@@ -97,19 +98,26 @@ def plain(ctx: Context) -> None:
     target, client = ctx.target(), ctx.client()
     verifier = rfc7636.new_verifier()
     code = ctx.name("code-plain")
-    params = AuthCodeParams(code=code, client_id=client, user_id=ctx.user, redirect_uri=REDIRECT,
-                            scope="openid", code_challenge=verifier, code_challenge_method="plain")
-    stored = ctx.sc.attempt("store a code with code_challenge_method=plain", "refused",
-                            lambda: target.store_authorization_code(params))
+    if ctx.remote:
+        issued = ctx.sc.attempt("request a code with code_challenge_method=plain", "refused",
+                                lambda: target.mint_code(client, challenge=verifier, method="plain"))
+        code = issued.value if issued.ok else code
+        stored = issued
+    else:
+        params = AuthCodeParams(code=code, client_id=client, user_id=ctx.user, redirect_uri=REDIRECT,
+                                scope="openid", code_challenge=verifier, code_challenge_method="plain")
+        stored = ctx.sc.attempt("store a code with code_challenge_method=plain", "refused",
+                                lambda: target.store_authorization_code(params))
     if stored.ok:
         out = ctx.sc.attempt("exchange it with verifier = challenge", "refused",
                              lambda: target.exchange_code(code, client, REDIRECT, verifier))
-        row = code_row(ctx, target, code)
-        burnt = bool(row and row["used_at"])
-        ctx.sc.note("the stored row afterwards",
-                    "used_at set: " + ("redeemed with the public challenge as verifier" if out.ok
-                                       else "burnt by a request that could never succeed")
-                    if burnt else "used_at NULL: the code is still unspent")
+        if ctx.has(Capability.ROWS, Capability.DIGEST):
+            row = code_row(ctx, target, code)
+            burnt = bool(row and row["used_at"])
+            ctx.sc.note("the stored row afterwards",
+                        "used_at set: " + ("redeemed with the public challenge as verifier" if out.ok
+                                           else "burnt by a request that could never succeed")
+                        if burnt else "used_at NULL: the code is still unspent")
 
 
 @check(
@@ -191,6 +199,7 @@ def _risky_compares(code: types.CodeType) -> list[dict[str, Any]]:
     severity="low",
     expected="The computed challenge is compared with a constant-time primitive "
              "(hmac.compare_digest / subtle::ConstantTimeEq), never with == on the secret.",
+    requires={Capability.IN_PROCESS, Capability.DIGEST},
 )
 def constant_time(ctx: Context) -> None:
     """Traced, not timed: over a database round trip (~100 µs of jitter on a shared machine) the

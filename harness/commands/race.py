@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -16,7 +17,9 @@ from harness.cli import EXIT_INTERRUPTED, positive_int
 from harness.database import connect
 from harness.errors import SetupError
 from harness.nemesis import FAULTS
-from harness.race import MIN_RACED_FRACTION, RaceInterrupted, RaceReport, race, verdict
+from harness.race import MIN_RACED_FRACTION, RaceInterrupted, RaceReport, race, race_http, verdict
+from harness.settings import Settings
+from harness.targets.endpoint import is_description
 
 #: Double-won codes printed in the table (all of them are in the JSON).
 _LISTED = 20
@@ -32,7 +35,12 @@ def register(sub: Any) -> None:
         "single-winner invariant. Exit status: 0 pass, 1 double win / code without a winner / "
         "no race / incomplete run, 2 usage or setup error.",
     )
-    parser.add_argument("--target", default=None, help="target (default HARNESS_TARGET or faithful)")
+    parser.add_argument("--target", default=None,
+                        help="target (default HARNESS_TARGET or faithful): a shipped one, "
+                             "package.module:factory, or an endpoint description (a .toml file) "
+                             "to race a real server over HTTP")
+    parser.add_argument("--client", default=None,
+                        help="over HTTP: the description's client to race as (default its first)")
     parser.add_argument("--racers", type=positive_int, default=16, help="racers per code (default 16)")
     parser.add_argument("--codes", type=positive_int, default=200, help="codes to race (default 200)")
     parser.add_argument("--strategy", choices=[s.value for s in Strategy], default=None,
@@ -80,6 +88,10 @@ def summarise(report: RaceReport, status: str) -> dict[str, Any]:
         "double_won": s["double_won"],
         "no_winner": s["no_winner"],
         "nemesis": s.get("nemesis"),
+        "server_concurrency": s.get("server_concurrency"),
+        "after_race": s.get("after_race"),
+        "tokens_returned": s.get("tokens_returned"),
+        "tokens_committed": s.get("tokens_committed"),
         "errors": s["errors"],
         "verdict": status,
     }
@@ -108,6 +120,20 @@ def _table(doc: dict[str, Any]) -> str:
         n = doc["nemesis"]
         lines.append(f"nemesis      {n['fault']}: {n['injected']} faults injected, {n['failed']} "
                      f"failed, {n['terminated_backends']} backends terminated")
+    if doc.get("server_concurrency") is not None:
+        lines.append(f"server       {doc['target']}: declares concurrency {doc['server_concurrency']}"
+                     + (" (1: requests never run in parallel, so nothing can race)"
+                        if doc["server_concurrency"] <= 1 else ""))
+        committed = doc.get("tokens_committed")
+        lines.append(f"tokens       {doc.get('tokens_returned')} distinct token sets returned"
+                     + (f", {committed} committed (token_count_sql)" if committed is not None else ""))
+    after = doc.get("after_race") or {}
+    if after:
+        lines.append(f"after race   {after['replays_refused']}/{after['codes_replayed']} replays of won "
+                     f"codes refused; of {after['winning_token_sets']} winning token sets, "
+                     f"{after['refresh_tokens_usable_after_replay']} refresh tokens still usable"
+                     + (f", {after['access_tokens_active_after_replay']} access tokens still active"
+                        if after.get("access_tokens_active_after_replay") is not None else ""))
     for what, rows in (("double-won", doc["double_won"]), ("no winner", doc["no_winner"])):
         if rows:
             lines.append(f"{what} codes ({len(rows)}; index, at-rest digest, wins):")
@@ -128,17 +154,36 @@ def run(args: argparse.Namespace) -> int:
     if not math.isfinite(args.timeout) or args.timeout <= 0:
         raise SetupError("--timeout must be a positive number of seconds")
     interrupted = False
-    with connect() as db, tqdm(total=args.codes, unit="code", file=sys.stderr, desc="race",
-                               disable=args.no_progress, mininterval=0.5) as bar:
+    target = args.target or Settings.from_env().target
+    remote = is_description(target)
+    if remote:
+        fixed = [flag for flag, given in (("--strategy", args.strategy), ("--isolation", args.isolation),
+                                          ("--nemesis", args.nemesis != "none"),
+                                          ("--retry-serialization", args.retry_serialization),
+                                          ("--operation validate", args.operation != "exchange"),
+                                          ("--seed", args.seed)) if given]
+        if fixed:
+            raise SetupError(f"{', '.join(fixed)}: not for a server reached over HTTP (its claim is "
+                             "its own; its codes come from its authorization endpoint)")
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=args.codes, unit="code", file=sys.stderr, desc="race",
+                                       disable=args.no_progress, mininterval=0.5))
+
         def advance(codes: int) -> None:
             bar.update(codes)
 
         try:
-            report = race(db, args.target, racers=args.racers, codes=args.codes, pepper=args.pepper,
-                          seed=args.seed, processes=args.processes, operation=args.operation,
-                          strategy=args.strategy, isolation=args.isolation,
-                          retry_serialization=args.retry_serialization, nemesis=args.nemesis,
-                          progress=advance, timeout_s=args.timeout)
+            if remote:
+                report = race_http(target, racers=args.racers, codes=args.codes,
+                                   client=args.client, processes=args.processes, progress=advance,
+                                   timeout_s=args.timeout)
+            else:
+                db = stack.enter_context(connect())
+                report = race(db, target, racers=args.racers, codes=args.codes, pepper=args.pepper,
+                              seed=args.seed, processes=args.processes, operation=args.operation,
+                              strategy=args.strategy, isolation=args.isolation,
+                              retry_serialization=args.retry_serialization, nemesis=args.nemesis,
+                              progress=advance, timeout_s=args.timeout)
         except RaceInterrupted as stopped:
             report, interrupted = stopped.report, True
     status = "interrupted" if interrupted else verdict(report, min_raced=args.min_raced)

@@ -8,6 +8,7 @@ output) or, with nothing violated, a check that could not run (verdict ``error``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from harness.errors import SetupError
 from harness.report import FORMATS, render, summary_line
 from harness.settings import Settings
 from harness.targets import known_targets
+from harness.targets.endpoint import is_description
 
 
 def register(sub: Any) -> None:
@@ -34,7 +36,8 @@ def register(sub: Any) -> None:
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--target", default=None,
-                       help=f"target: {', '.join(known_targets())} or package.module:factory "
+                       help=f"target: {', '.join(known_targets())}, package.module:factory or "
+                            "an endpoint description (a .toml file: a real server over HTTP) "
                             "(default HARNESS_TARGET or faithful)")
     where.add_argument("--all-targets", action="store_true",
                        help=f"scan every shipped target ({', '.join(SHIPPED_TARGETS)}), side by side")
@@ -66,13 +69,16 @@ def run(args: argparse.Namespace) -> int:
     only = select(args.only)  # unknown check ids fail here, before any database work
     targets = list(SHIPPED_TARGETS) if args.all_targets else [args.target or Settings.from_env().target]
     pepper = args.pepper or Settings.from_env().pepper
-    if not pepper:
+    if not pepper and not all(is_description(t) for t in targets):
         raise SetupError("no at-rest pepper: set HARNESS_AT_REST_PEPPER or pass --pepper")
     if args.output is not None and not args.output.parent.exists():
         raise SetupError(f"cannot write {args.output}: directory {args.output.parent} does not exist")
     results: list[CheckResult] = []
     started = time.monotonic()
-    with connect() as db:
+    remote = [t for t in targets if is_description(t)]
+    with contextlib.ExitStack() as stack:
+        # A server described over HTTP needs no database of the harness's: none is started for it.
+        db = stack.enter_context(connect()) if len(remote) < len(targets) else None
         for target in targets:
             t0 = time.monotonic()
             found = scan(db, target, only=only, pepper=pepper, keep_rows=args.keep_rows)

@@ -11,6 +11,8 @@ from harness.database import Database
 from harness.errors import SetupError
 from harness.repository import OAuthRepository
 from harness.settings import Settings
+from harness.targets.endpoint import is_description, load_description
+from harness.targets.http import HttpTarget
 
 Target = OAuthRepository
 Factory = Callable[..., Any]
@@ -62,20 +64,31 @@ def _resolve(spec: str) -> Factory:
 
 def load_target(
     name: str | None,
-    db: Database,
+    db: Database | None,
     *,
     pepper: str | bytes | None = None,
     clock: Clock | None = None,
     **options: Any,
-) -> Target:
+) -> Any:
     """Build the target ``name`` (default ``HARNESS_TARGET`` or ``faithful``) over ``db``.
 
-    ``pepper`` defaults to ``HARNESS_AT_REST_PEPPER``. A factory is called as
+    ``name`` is a shipped target, ``package.module:factory``, or an endpoint
+    description (a ``.toml`` file, ``harness.targets.endpoint``): a real
+    server reached over HTTP, which needs no database and takes no pepper,
+    clock or options (what it cannot do, its capabilities say). ``pepper``
+    defaults to ``HARNESS_AT_REST_PEPPER``. A factory is called as
     ``factory(db, pepper=…, clock=…, **options)`` and must return an object
     with the repository's methods.
     """
     settings = Settings.from_env()
     spec = name or settings.target
+    if is_description(spec):
+        if options:
+            raise SetupError(f"target {spec!r} is a server described over HTTP: it cannot be built "
+                             f"with {', '.join(sorted(options))}")
+        return HttpTarget(load_description(spec))
+    if db is None:
+        raise SetupError(f"target {spec!r} runs in process: it needs a database")
     factory = _resolve(spec)
     kwargs: dict[str, Any] = {"pepper": pepper if pepper is not None else settings.pepper}
     if clock is not None:
@@ -92,4 +105,4 @@ def load_target(
     missing = [m for m in REQUIRED_METHODS if not callable(getattr(target, m, None))]
     if missing:
         raise SetupError(f"target {spec!r} lacks the repository methods: {', '.join(missing)}")
-    return target  # type: ignore[no-any-return]
+    return target

@@ -168,7 +168,8 @@ def make_target(db: Database, pepper: str, clock: ManualClock) -> Callable[..., 
     def make(name: str = "faithful", **options: Any) -> OAuthRepository:
         options.setdefault("pepper", pepper)
         options.setdefault("clock", clock)
-        return load_target(name, db, **options)
+        target: OAuthRepository = load_target(name, db, **options)
+        return target
 
     return make
 
