@@ -640,6 +640,8 @@ def _describe_http(report: RaceReport, desc: Any, client: str, spec: RaceSpec, m
     from harness.errors import OAuthError
 
     double = [row for row in report.winners.evidence if row["problem"] == "won more than once"]
+    # Counted before the probes below, which refresh (and so commit tokens) themselves.
+    committed_after = _count_tokens(desc) if committed_before is not None else None
     after: dict[str, Any] = {}
     if probe:
         replayed = refused = active = probed = refreshable = 0
@@ -666,7 +668,6 @@ def _describe_http(report: RaceReport, desc: Any, client: str, spec: RaceSpec, m
                  "winning_token_sets": probed,
                  "access_tokens_active_after_replay": active if minter.capabilities else None,
                  "refresh_tokens_usable_after_replay": refreshable}
-    committed_after = _count_tokens(desc) if committed_before is not None else None
     report.stats.update({
         "target": str(desc.path),
         "server": desc.name,

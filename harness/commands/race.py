@@ -136,8 +136,10 @@ def _table(doc: dict[str, Any]) -> str:
                         if after.get("access_tokens_active_after_replay") is not None else ""))
     for what, rows in (("double-won", doc["double_won"]), ("no winner", doc["no_winner"])):
         if rows:
-            lines.append(f"{what} codes ({len(rows)}; index, at-rest digest, wins):")
-            lines += [f"  #{r['code']:<6} {r['digest']}…  {r['wins']}" for r in rows[:_LISTED]]
+            lines.append(f"{what} codes ({len(rows)}; index, "
+                         + ("at-rest digest, " if rows[0]["digest"] != "-" else "") + "wins):")
+            lines += [f"  #{r['code']:<6} " + (f"{r['digest']}…  " if r["digest"] != "-" else "")
+                      + f"{r['wins']}" for r in rows[:_LISTED]]
             if len(rows) > _LISTED:
                 lines.append(f"  … and {len(rows) - _LISTED} more (see --format json)")
     for error in doc["errors"][:5]:

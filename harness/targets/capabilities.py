@@ -41,8 +41,8 @@ class Capability(StrEnum):
 
 def missing(required: Iterable[Capability], offered: Iterable[Capability]) -> list[Capability]:
     """The capabilities in ``required`` that ``offered`` lacks, in declaration order."""
-    have = set(offered)
-    return [c for c in Capability if c in set(required) and c not in have]
+    have, need = set(offered), set(required)
+    return [c for c in Capability if c in need and c not in have]
 
 
 def describe(caps: Iterable[Capability]) -> str:

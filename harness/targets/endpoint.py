@@ -222,6 +222,9 @@ def load_description(path: str | Path) -> EndpointDescription:
                       login=login, params={str(k): str(v) for k, v in params.items()},
                       timeout_s=float(codes_raw.get("timeout_s", 10.0)))
     concurrency = raw.get("concurrency")
+    if isinstance(concurrency, str):  # "${WORKERS}": a number from the environment
+        expanded_concurrency = _expand(concurrency, f"{where}: concurrency")
+        concurrency = int(expanded_concurrency) if expanded_concurrency.isdigit() else None
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         raise SetupError(f"{where}: `concurrency` (how many requests the server runs in parallel: "
                          "processes × threads) must be a whole number ≥ 1")
