@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from harness.database import Database
@@ -112,3 +118,65 @@ def store_token(faithful: OAuthRepository) -> StoreToken:
             expires_at=faithful.clock.now() + timedelta(seconds=ttl_s), family_id=family_id))
 
     return store
+
+
+# -- a real ``harness serve`` ------------------------------------------------------------------------
+
+#: How long a ``harness serve`` subprocess may take to answer /healthz (a loaded 2-core machine).
+SERVE_READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    port: int
+    logs: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stderr(self) -> str:
+        return (self.logs / "stderr").read_bytes().decode("utf-8", "replace")
+
+    def output(self) -> str:
+        return (self.logs / "stdout").read_bytes().decode("utf-8", "replace") + self.stderr()
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
+        """Stop it as Ctrl-C (or SIGTERM) would; kill it only if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def harness_serve(*argv: str, env: dict[str, str], logs: Path) -> Iterator[Served]:
+    """``harness serve --port 0 *argv`` until /healthz answers; stopped (Ctrl-C) on the way out."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("harness")), "serve", "--port", "0",
+                                 *argv], env=env, stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL)
+    served = Served(proc, 0, logs)
+    try:
+        deadline = time.monotonic() + SERVE_READY_TIMEOUT_S
+        while not (match := re.search(r"POST http://127\.0\.0\.1:(\d+)/token", served.stderr())):
+            assert proc.poll() is None, f"harness serve exited early:\n{served.output()}"
+            assert time.monotonic() < deadline, f"harness serve did not start:\n{served.output()}"
+            time.sleep(0.1)
+        served.port = int(match.group(1))
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{served.base}/healthz", timeout=2).status_code == 200:
+                    break
+            assert proc.poll() is None, f"harness serve exited early:\n{served.output()}"
+            assert time.monotonic() < deadline, f"harness serve did not answer:\n{served.output()}"
+            time.sleep(0.2)
+        yield served
+    finally:
+        served.stop()

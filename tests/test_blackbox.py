@@ -8,6 +8,7 @@ one process and one thread shows that a race there proves nothing (and says so).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -21,9 +22,11 @@ from typing import Any
 import psycopg
 import pytest
 from authlib_server.launcher import start_authlib_server
+from conftest import harness_serve
 from psycopg import conninfo, sql
 
 from harness.checks import CATALOGUE, Verdict, scan
+from harness.checks.expected import expected_verdict
 from harness.database import Database
 from harness.errors import SetupError
 from harness.targets.endpoint import load_description
@@ -31,6 +34,7 @@ from harness.targets.endpoint import load_description
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 AUTHLIB = ROOT / "tests" / "authlib_server" / "authlib.toml"
+DESCRIPTION = ROOT / "examples" / "endpoints" / "harness-serve.toml"
 
 
 @dataclass(frozen=True)
@@ -52,16 +56,28 @@ def authlib_database(database: Database) -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-@pytest.fixture(scope="module", params=[("documented", 2, 2), ("atomic", 2, 2), ("documented", 1, 1)],
-                ids=["documented-2x2", "atomic-2x2", "documented-1x1"])
-def authlib(request: pytest.FixtureRequest, authlib_database: str) -> Iterator[Running]:
-    claim, workers, threads = request.param
+@contextlib.contextmanager
+def serving(database_url: str, claim: str, workers: int, threads: int) -> Iterator[Running]:
     secret = secrets.token_urlsafe(24)
-    with start_authlib_server(authlib_database, workers=workers, threads=threads, claim=claim,
+    with start_authlib_server(database_url, workers=workers, threads=threads, claim=claim,
                               secret=secret) as base:
         env = {"AUTHLIB_SERVER": base, "AUTHLIB_CONCURRENCY": str(workers * threads),
-               "AUTHLIB_CLIENT_SECRET": secret, "AUTHLIB_DATABASE_URL": authlib_database}
+               "AUTHLIB_CLIENT_SECRET": secret, "AUTHLIB_DATABASE_URL": database_url}
         yield Running(env, claim, workers * threads)
+
+
+@pytest.fixture(scope="module", params=["documented", "atomic"])
+def authlib(request: pytest.FixtureRequest, authlib_database: str) -> Iterator[Running]:
+    """Authlib as documented, and with the code claimed atomically: 2 processes × 2 threads."""
+    with serving(authlib_database, request.param, 2, 2) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def authlib_serial(authlib_database: str) -> Iterator[Running]:
+    """Authlib as documented, one process, one thread: requests never run in parallel."""
+    with serving(authlib_database, "documented", 1, 1) as running:
+        yield running
 
 
 def harness(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -72,38 +88,48 @@ def harness(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess
                           text=True, timeout=timeout, cwd=ROOT)
 
 
-def test_the_race_over_http(authlib: Running) -> None:
-    done = harness("race", "--target", str(AUTHLIB), "--racers", "8", "--codes", "20",
-                   "--format", "json", "--no-progress", env=authlib.env)
+def race_json(running: Running, racers: int = 8, codes: int = 20) -> tuple[int, dict[str, Any]]:
+    done = harness("race", "--target", str(AUTHLIB), "--racers", str(racers), "--codes", str(codes),
+                   "--format", "json", "--no-progress", env=running.env)
+    assert done.stdout, done.stderr
     doc: dict[str, Any] = json.loads(done.stdout)
-    print(f"\n{authlib.claim} x{authlib.concurrency}: verdict {doc['verdict']}, "
-          f"{doc['single_winner']['double_wins']} of 20 codes double-won, {doc['ops']['info']} "
+    print(f"\n{running.claim} x{running.concurrency}: verdict {doc['verdict']}, "
+          f"{doc['single_winner']['double_wins']} of {codes} codes double-won, {doc['ops']['info']} "
           f"indeterminate (5xx), {doc['tokens_returned']} token sets returned, "
-          f"{doc['tokens_committed']} committed, after the race {doc['after_race']}")
+          f"{doc['tokens_committed']} committed, after the race {doc['after_race']}, "
+          f"median start spread {doc['overlap']['median_spread_us']} µs")
     ov = doc["overlap"]
     assert ov["raced_fraction"] >= 0.9 and ov["max_in_flight"] >= 2  # the racers really overlapped
-    assert doc["server_concurrency"] == authlib.concurrency
+    assert doc["server_concurrency"] == running.concurrency
     after = doc["after_race"]
     # Replaying a won code is refused, but it revokes nothing: every winner's tokens live on.
     assert after["replays_refused"] == after["codes_replayed"] > 0
     assert after["refresh_tokens_usable_after_replay"] == after["winning_token_sets"]
     assert after["access_tokens_active_after_replay"] == after["winning_token_sets"]
+    return done.returncode, doc
+
+
+def test_the_race_over_http_catches_the_documented_pattern(authlib: Running) -> None:
+    status, doc = race_json(authlib)
     if authlib.claim == "atomic":
-        assert (done.returncode, doc["verdict"]) == (0, "pass"), done.stderr
+        assert (status, doc["verdict"]) == (0, "pass")
         assert doc["single_winner"]["double_wins"] == 0
         assert doc["tokens_committed"] == doc["tokens_returned"] == 20
-    elif authlib.concurrency > 1:
-        assert (done.returncode, doc["verdict"]) == (1, "double win"), done.stderr
+    else:
+        assert (status, doc["verdict"]) == (1, "double win")
         assert doc["single_winner"]["double_wins"] > 0
         # Every 5xx came after its token had been committed: more tokens stored than handed out.
         assert doc["tokens_committed"] == doc["tokens_returned"] + doc["ops"]["info"]
-    else:
-        # One process, one thread: the racers overlap on the wire, the server serialises them.
-        assert doc["single_winner"]["double_wins"] == 0
-        assert (done.returncode, doc["verdict"]) == (1, "inconclusive"), done.stderr
-        table = harness("race", "--target", str(AUTHLIB), "--racers", "4", "--codes", "3",
-                        "--no-progress", env=authlib.env)
-        assert "nothing can race" in table.stdout and "INCONCLUSIVE" in table.stdout
+
+
+def test_a_race_on_a_serial_server_proves_nothing_and_says_so(authlib_serial: Running) -> None:
+    # One process, one thread: the racers overlap on the wire, the server serialises them.
+    status, doc = race_json(authlib_serial)
+    assert doc["single_winner"]["double_wins"] == 0
+    assert (status, doc["verdict"]) == (1, "inconclusive")
+    table = harness("race", "--target", str(AUTHLIB), "--racers", "4", "--codes", "3",
+                    "--no-progress", env=authlib_serial.env)
+    assert "nothing can race" in table.stdout and "INCONCLUSIVE" in table.stdout
 
 
 #: What Authlib's documented server does, read from its code: PKCE ``plain`` is accepted
@@ -121,8 +147,6 @@ NOT_BLACK_BOX = {"pkce.constant-time", "code.expiry", "replay.between-claim-and-
 
 def test_every_check_that_can_run_black_box_runs_with_a_verdict_from_authlibs_code(
         authlib: Running, monkeypatch: pytest.MonkeyPatch) -> None:
-    if authlib.concurrency == 1:
-        pytest.skip("the 1x1 server is for the race's inconclusive verdict only")
     for name, value in authlib.env.items():
         monkeypatch.setenv(name, value)
     results = scan(None, str(AUTHLIB))
@@ -145,8 +169,6 @@ def test_every_check_that_can_run_black_box_runs_with_a_verdict_from_authlibs_co
 
 
 def test_a_black_box_scan_needs_no_database_and_no_pepper(authlib: Running, pg_data_dir: Path) -> None:
-    if authlib.concurrency == 1 or authlib.claim == "atomic":
-        pytest.skip("once is enough")
     done = harness("scan", "--target", str(AUTHLIB), "--only", "pkce", "--format", "json",
                    env={**authlib.env, "HARNESS_DATA_DIR": str(pg_data_dir)})
     assert done.returncode == 1, done.stderr  # pkce.plain is violated
@@ -211,3 +233,33 @@ def test_a_description_given_as_target_that_is_missing_exits_2(tmp_path: Path) -
     for command in (["scan"], ["race", "--no-progress"]):
         done = harness(*command, "--target", str(tmp_path / "nope.toml"), env={})
         assert done.returncode == 2 and "no endpoint description" in done.stderr, done
+
+
+# -- harness serve, black box: the same verdicts as in process ----------------------------------------
+
+#: Where the black-box variant of a check judges less than the in-process one, and why:
+#: ``code.single-use`` over HTTP is the sequential replay only (the mid-claim interleaving needs
+#: step hooks; the race covers the concurrent case), and ``refresh.grace-policy`` judges the
+#: policy the server runs (strict for every shipped target), not a grace window it cannot be given.
+NARROWER_BLACK_BOX = {("naive", "code.single-use"): "holds", ("faithful", "refresh.grace-policy"): "holds"}
+
+
+@pytest.mark.parametrize("target", ["faithful", "hardened", "naive"])
+def test_harness_serve_black_box_gives_the_in_process_verdicts(
+        target: str, database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = secrets.token_urlsafe(24)
+    env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DATABASE_URL", "DATABASE_URL")}
+    env.update(HARNESS_DATABASE_URL=database.url, HARNESS_AT_REST_PEPPER="blackbox-pepper",
+               CLAIMCHECK_CLIENT_SECRET=secret)
+    with harness_serve("--target", target, env=env, logs=tmp_path / "logs") as served:
+        monkeypatch.setenv("CLAIMCHECK_SERVER", served.base)
+        monkeypatch.setenv("CLAIMCHECK_CLIENT_SECRET", secret)
+        results = scan(None, str(DESCRIPTION))
+    verdicts = {r.id: r.verdict for r in results}
+    assert "error" not in verdicts.values(), [r.evidence for r in results if r.verdict == "error"]
+    for check_id, verdict in verdicts.items():
+        if check_id in NOT_BLACK_BOX:
+            assert verdict == "not_applicable", check_id
+            continue
+        want = NARROWER_BLACK_BOX.get((target, check_id), expected_verdict(target, check_id))
+        assert verdict == want, (target, check_id, [r.evidence for r in results if r.id == check_id])

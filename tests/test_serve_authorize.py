@@ -23,24 +23,21 @@ tests start a real ``harness serve --port 0`` on the session's database.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-from conftest import REDIRECT, StoreCode, dump_all
+from conftest import REDIRECT, Served, StoreCode, dump_all, harness_serve
 
 with warnings.catch_warnings():
     # Starlette 1.x nudges towards httpx2 for its test client; httpx (a dev dependency) still works.
@@ -567,34 +564,6 @@ def test_hardened_introspection_sees_a_revoked_family(
 # -- a real ``harness serve`` ------------------------------------------------------------------------
 
 
-@dataclass
-class Served:
-    proc: subprocess.Popen[bytes]
-    port: int
-    logs: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stderr(self) -> str:
-        return (self.logs / "stderr").read_bytes().decode("utf-8", "replace")
-
-    def output(self) -> str:
-        return (self.logs / "stdout").read_bytes().decode("utf-8", "replace") + self.stderr()
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
-        """Stop it as Ctrl-C (or SIGTERM) would; kill it only if it does not exit in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
 def serve_env(database: Database, *, secret: str | None = SECRET) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("HARNESS_DATABASE_URL", "DATABASE_URL", "HARNESS_TARGET", "HARNESS_AT_REST_PEPPER",
@@ -604,33 +573,6 @@ def serve_env(database: Database, *, secret: str | None = SECRET) -> dict[str, s
     if secret is not None:
         env[CLIENT_SECRET_ENV] = secret
     return env
-
-
-@contextlib.contextmanager
-def harness_serve(*argv: str, env: dict[str, str], logs: Path) -> Iterator[Served]:
-    """``harness serve --port 0 *argv`` until /healthz answers; stopped (Ctrl-C) on the way out."""
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
-        proc = subprocess.Popen([HARNESS, "serve", "--port", "0", *argv], env=env, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL)
-    served = Served(proc, 0, logs)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not (match := re.search(r"POST http://127\.0\.0\.1:(\d+)/token", served.stderr())):
-            assert proc.poll() is None, f"harness serve exited early:\n{served.output()}"
-            assert time.monotonic() < deadline, f"harness serve did not start:\n{served.output()}"
-            time.sleep(0.1)
-        served.port = int(match.group(1))
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{served.base}/healthz", timeout=2).status_code == 200:
-                    break
-            assert proc.poll() is None, f"harness serve exited early:\n{served.output()}"
-            assert time.monotonic() < deadline, f"harness serve did not answer:\n{served.output()}"
-            time.sleep(0.2)
-        yield served
-    finally:
-        served.stop()
 
 
 @pytest.fixture
