@@ -6,7 +6,7 @@ a custom script) claims distinct pre-seeded codes with the seed's atomic
 harness processes as pgbench had clients claim distinct pre-seeded codes
 through ``validate_authorization_code`` of the faithful target (HMAC at
 rest, pool, the same statement, the checks); as ``claim``, through
-``harness.claims.claim`` alone (the digest and the statement on one
+``harness.sut.claims.claim`` alone (the digest and the statement on one
 blocking connection per process); as ``mux``, the same digest and statement
 sent without blocking from one process per core, each driving its share of
 the connections as pgbench's ``-j`` threads do. ``ratio`` is the target
@@ -44,11 +44,11 @@ import psycopg
 from psycopg import conninfo, pq
 
 from harness.at_rest import hash_at_rest
-from harness.claims import ATOMIC_SQL
 from harness.database import Database
 from harness.errors import SetupError
 from harness.race import REDIRECT_URI, race_code
 from harness.scope import RunScope
+from harness.sut.claims import ATOMIC_SQL
 
 #: Codes per second and segment seeded for pgbench at most (it reached ~16k here at 16 clients).
 DEFAULT_MAX_RATE = 30_000
@@ -159,12 +159,12 @@ def _bench_process(url: str, pepper: str, seed: str, path: str, client: str, ind
 
     ``path`` ``target``: ``validate_authorization_code`` of the faithful target
     (input checks, HMAC, pool, the claim, expiry/redirect/PKCE checks).
-    ``claim``: ``harness.claims.claim`` with the HMAC digest on one dedicated
+    ``claim``: ``harness.sut.claims.claim`` with the HMAC digest on one dedicated
     connection (the statement alone, as pgbench runs it). ``client`` is the
     run's client, which owns the codes.
     """
-    from harness.claims import claim
     from harness.database import connect
+    from harness.sut.claims import claim
     from harness.targets import load_target
 
     try:

@@ -7,9 +7,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness.claims import Isolation, Strategy
 from harness.database import Database
 from harness.race import MIN_RACED_FRACTION, race, verdict
+from harness.sut.claims import Isolation, Strategy
 
 COLUMNS = [
     "strategy", "isolation", "double_wins", "no_winner", "serialization_failures",

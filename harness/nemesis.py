@@ -20,7 +20,6 @@ import psutil
 import psycopg
 
 from harness.database import CONNECT_TIMEOUT_S, Database
-from harness.embedded import _postmaster
 from harness.errors import SetupError
 from harness.history import History, Op
 
@@ -128,10 +127,10 @@ class Nemesis:
 
     def _server_processes(self) -> list[psutil.Process]:
         assert self.db.embedded is not None
-        live = _postmaster(self.db.embedded.data_dir)
-        if live is None:
+        pid = self.db.embedded.status().pid
+        if pid is None:
             raise RuntimeError("the embedded server is not running")
-        postmaster = psutil.Process(live[0])
+        postmaster = psutil.Process(pid)
         return [postmaster, *postmaster.children(recursive=True)]
 
     def _pause(self) -> None:

@@ -20,14 +20,15 @@ from functools import partial
 from typing import Any, Protocol
 
 from harness.checkers import Result, overlap, single_winner
-from harness.claims import Isolation, Strategy
 from harness.database import Database
 from harness.errors import InternalError, SetupError
 from harness.history import History, Op, classify
 from harness.redact import fingerprint
-from harness.repository import AuthCodeParams, OAuthRepository
+from harness.repository import AuthCodeParams
 from harness.scope import RunScope
-from harness.tokens import Tokens
+from harness.sut.claims import Isolation, Strategy
+from harness.sut.faithful import OAuthRepository
+from harness.sut.tokens import Tokens
 
 #: The client and user of a race on a database the harness created (tests); ``race()`` names its
 #: own per run (``cc-<run id>-racer``) so that it never writes a row it cannot tell apart.

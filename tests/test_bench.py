@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 
 from harness.bench import PGBENCH_BASE, bench, find_pgbench, pgbench_script
-from harness.claims import ATOMIC_SQL
 from harness.database import Database
 from harness.scope import PREFIX, open_scopes
+from harness.sut.claims import ATOMIC_SQL
 
 #: The four oauth tables and the column that names whose a row is (``cc-…`` when the harness's).
 _OWNER = {"users": "id", "oauth_clients": "client_id", "oauth_refresh_tokens": "client_id",

@@ -10,8 +10,8 @@ from harness.clock import ManualClock
 from harness.database import Database
 from harness.errors import INVALID_CODE, INVALID_REFRESH_TOKEN, TokenInvalidError, ValidationError
 from harness.repository import OAuthRepository
+from harness.sut.tokens import ACCESS_TOKEN_TTL_S
 from harness.testing.plugin import CLIENT, USER
-from harness.tokens import ACCESS_TOKEN_TTL_S
 
 
 def test_exchange_issues_a_new_family_and_links_the_code(

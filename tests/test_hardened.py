@@ -15,7 +15,7 @@ from harness.errors import INVALID_CODE, OAuthError, TokenInvalidError, Validati
 from harness.logs import capture
 from harness.race import race_threads, seed_codes
 from harness.repository import AuthCodeParams, OAuthRepository
-from harness.targets.hardened import REVOKED, HardenedRepository
+from harness.sut.hardened import REVOKED, HardenedRepository
 from harness.testing.plugin import CLIENT, OTHER_CLIENT, USER
 
 MakeTarget = Callable[..., OAuthRepository]

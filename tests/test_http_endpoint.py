@@ -31,7 +31,7 @@ from harness.at_rest import hash_at_rest
 from harness.database import Database, connect
 from harness.errors import INVALID_CODE
 from harness.repository import OAuthRepository
-from harness.rfc6749_endpoint import MAX_BODY_BYTES, ClientCredentials, TokenError, create_app
+from harness.sut.token_server import MAX_BODY_BYTES, ClientCredentials, TokenError, create_app
 from harness.targets import load_target
 from harness.testing.plugin import CLIENT, OTHER_CLIENT
 

@@ -44,9 +44,9 @@ from harness.repository import (
     OAuthRepository,
     check_input,
 )
+from harness.sut.tokens import REFRESH_TOKEN_TTL_S
 from harness.targets import load_target
 from harness.testing.plugin import CLIENT, OTHER_CLIENT, TEST_PEPPER, USER
-from harness.tokens import REFRESH_TOKEN_TTL_S
 
 REDIRECT = "https://client.example/cb"
 

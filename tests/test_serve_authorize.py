@@ -49,7 +49,7 @@ from harness.at_rest import hash_at_rest
 from harness.database import Database
 from harness.errors import OAuthError, SetupError, ValidationError
 from harness.repository import AuthCodeParams, OAuthRepository
-from harness.rfc6749_endpoint import (
+from harness.sut.token_server import (
     CLIENT_SECRET_ENV,
     SERVED_CLIENTS,
     TEST_REDIRECT_URI,

@@ -8,10 +8,11 @@ import pandas as pd
 
 from harness import rfc7636
 from harness.checks import Context
-from harness.repository import AuthCodeParams, OAuthRepository
+from harness.repository import AuthCodeParams
 from harness.scenario import Outcome
+from harness.sut.faithful import OAuthRepository
+from harness.sut.tokens import Tokens
 from harness.targets.capabilities import Capability
-from harness.tokens import Tokens
 
 REDIRECT = "https://client.example/cb"
 SCOPE = "openid profile"

@@ -8,9 +8,10 @@ from typing import Any
 
 from harness.checks import Context, check
 from harness.checks._common import REDIRECT, SCOPE, pkce_exchange, short, store_code
-from harness.repository import AuthCodeParams, OAuthRepository
+from harness.repository import AuthCodeParams
+from harness.sut.faithful import OAuthRepository
+from harness.sut.tokens import Tokens
 from harness.targets.capabilities import Capability
-from harness.tokens import Tokens
 
 
 def _flow(ctx: Context, target: OAuthRepository) -> tuple[str, str | None, Tokens, Tokens]:

@@ -4,8 +4,8 @@ This is the contract the main job (``python3 dev.py run``) and the tests hold th
 to, not a result: the verdicts are always measured, then compared with this table.
 
 * ``faithful`` violates exactly the seed's gaps (the findings of the review);
-* ``hardened`` violates nothing (every finding closed, see ``harness.targets.hardened``);
-* ``naive`` violates every check but one (see ``harness.targets.naive`` for its bugs): it is
+* ``hardened`` violates nothing (every finding closed, see ``harness.sut.hardened``);
+* ``naive`` violates every check but one (see ``harness.sut.naive`` for its bugs): it is
   the proof that each check can fail.
 """
 

@@ -8,14 +8,15 @@ from harness.checks import Context, check
 from harness.checks._common import exchange, family_frame, live_refresh, outcome_row, records, store_code
 from harness.clock import ManualClock
 from harness.errors import SetupError
-from harness.repository import OAuthRepository
 from harness.scenario import NotApplicable, ScenarioError, force_interleaving
+from harness.sut.faithful import OAuthRepository
+from harness.sut.hooks import StepHook
+from harness.sut.tokens import REFRESH_TOKEN_TTL_S, Tokens
 from harness.targets.capabilities import Capability
-from harness.tokens import REFRESH_TOKEN_TTL_S, Tokens
 
 #: Where a refresh can be paused: the naive control between its SELECT and its UPDATE, the
 #: others right after the consuming UPDATE (before the new token is issued).
-CONSUME_PAUSE_POINTS = ("between_read_and_write", "after_consume")
+CONSUME_PAUSE_POINTS = (StepHook.BETWEEN_READ_AND_WRITE, StepHook.AFTER_CONSUME)
 
 
 def _issued(ctx: Context, target: OAuthRepository, client: str, label: str = "exchange a code",

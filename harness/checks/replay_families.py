@@ -21,8 +21,9 @@ from harness.checks._common import (
 )
 from harness.logs import OAUTH_LOGGER, capture
 from harness.scenario import NotApplicable, ScenarioError, force_interleaving
+from harness.sut.hooks import StepHook
+from harness.sut.tokens import Tokens
 from harness.targets.capabilities import Capability
-from harness.tokens import Tokens
 
 _DIGEST = re.compile(r"\b[0-9a-f]{64}\b")
 
@@ -69,8 +70,8 @@ def between_claim_and_link(ctx: Context) -> None:
     first_side, replay_side, client = ctx.target(), ctx.target(), ctx.client()
     code = store_code(ctx, first_side, "mid-flight", client)
     il = force_interleaving(first_side, lambda: first_side.exchange_code(code, client, REDIRECT),
-                            ("before_link",), lambda: replay_side.exchange_code(code, client, REDIRECT),
-                            db=ctx.rows)
+                            (StepHook.BEFORE_LINK,),
+                            lambda: replay_side.exchange_code(code, client, REDIRECT), db=ctx.rows)
     if il.paused_at is None:
         raise NotApplicable("the target never calls the 'before_link' step hook")
     if not il.happened:

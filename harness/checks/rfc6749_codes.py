@@ -9,11 +9,12 @@ from harness.checks import Context, check
 from harness.checks._common import REDIRECT, code_row, outcome_row, short, store_code
 from harness.clock import ManualClock
 from harness.scenario import ScenarioError, force_interleaving
+from harness.sut.hooks import StepHook
 from harness.targets.capabilities import Capability
 
 #: Step hooks a target may expose inside its claim: the naive control pauses between its SELECT
 #: and its UPDATE; the faithful and hardened claims are one step, so they pause right after it.
-CLAIM_PAUSE_POINTS = ("between_read_and_write", "after_claim")
+CLAIM_PAUSE_POINTS = (StepHook.BETWEEN_READ_AND_WRITE, StepHook.AFTER_CLAIM)
 
 
 @check(

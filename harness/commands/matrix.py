@@ -9,11 +9,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from harness.claims import Isolation, Strategy
 from harness.cli import positive_int
 from harness.database import connect
 from harness.matrix import isolation_matrix, judge
 from harness.report import markdown_table
+from harness.sut.claims import Isolation, Strategy
 
 
 def register(sub: Any) -> None:

@@ -12,13 +12,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from harness.claims import Isolation, Strategy
 from harness.cli import EXIT_INTERRUPTED, positive_int
 from harness.database import connect
 from harness.errors import SetupError
 from harness.nemesis import FAULTS
 from harness.race import MIN_RACED_FRACTION, RaceInterrupted, RaceReport, race, race_http, verdict
 from harness.settings import Settings
+from harness.sut.claims import Isolation, Strategy
 from harness.targets.endpoint import is_description
 
 #: Double-won codes printed in the table (all of them are in the JSON).

@@ -2,7 +2,7 @@
 
 ``GET /authorize`` (RFC 6749 §4.1.1–§4.1.2.1, RFC 7636 §4.3), ``POST /token``
 (§3.2, §4.1.3, §6), ``POST /introspect`` (RFC 7662) and ``GET /healthz``
-(``harness.rfc6749_endpoint``). At startup it registers the test clients of
+(``harness.sut.token_server``). At startup it registers the test clients of
 ``examples/endpoints/harness-serve.toml`` and a test user in the target's
 database, once, in this process (never in a uvicorn worker); at shutdown,
 Ctrl-C and SIGTERM included, it deletes exactly the rows it created.
@@ -27,10 +27,10 @@ from harness.settings import Settings
 from harness.targets import load_target
 
 if TYPE_CHECKING:
-    from harness.rfc6749_endpoint import Registration
+    from harness.sut.token_server import Registration
 
-APP_FACTORY = "harness.rfc6749_endpoint:create_app_from_env"
-#: The default of ``--read-timeout`` (``harness.rfc6749_endpoint.DEFAULT_READ_TIMEOUT_S``, kept here
+APP_FACTORY = "harness.sut.token_server:create_app_from_env"
+#: The default of ``--read-timeout`` (``harness.sut.token_server.DEFAULT_READ_TIMEOUT_S``, kept here
 #: so that ``harness --help`` does not import the http extra).
 DEFAULT_READ_TIMEOUT_S = 10.0
 #: At shutdown, requests in flight get this long to finish before they are cancelled.
@@ -115,7 +115,7 @@ def log_config(verbose: bool) -> dict[str, Any]:
     import uvicorn.config
 
     config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config.setdefault("filters", {})["no_query"] = {"()": "harness.rfc6749_endpoint.AccessLogFilter"}
+    config.setdefault("filters", {})["no_query"] = {"()": "harness.sut.token_server.AccessLogFilter"}
     config["handlers"]["access"]["filters"] = ["no_query"]
     config["formatters"]["harness"] = {"()": "harness.logs.FieldsFormatter",
                                        "fmt": "%(levelname)s %(name)s: %(message)s"}
@@ -131,7 +131,7 @@ def log_config(verbose: bool) -> dict[str, Any]:
 
 def _announce(registration: Registration, secret_set: bool) -> None:
     """Say on stderr which test clients and user serve ``/authorize``: names only, never a secret."""
-    from harness.rfc6749_endpoint import CLIENT_SECRET_ENV, SERVED_CLIENTS
+    from harness.sut.token_server import CLIENT_SECRET_ENV, SERVED_CLIENTS
 
     if not secret_set:
         confidential = ", ".join(c.client_id for c in SERVED_CLIENTS if c.confidential)
@@ -178,7 +178,7 @@ def _serve(args: argparse.Namespace, spec: str, url: str, listener: socket.socke
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    from harness.rfc6749_endpoint import READ_TIMEOUT_ENV, SUPERVISOR_ENV, DeadlineH11Protocol
+    from harness.sut.token_server import READ_TIMEOUT_ENV, SUPERVISOR_ENV, DeadlineH11Protocol
 
     # uvicorn's workers build their own target from these (the app factory reads them).
     os.environ["HARNESS_DATABASE_URL"] = url
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         import starlette  # noqa: F401  (the app's framework, imported by the uvicorn workers)
         import uvicorn  # noqa: F401  (imported here so that a missing extra is one clear line)
 
-        from harness.rfc6749_endpoint import CLIENT_SECRET_ENV, register_test_clients
+        from harness.sut.token_server import CLIENT_SECRET_ENV, register_test_clients
     except ImportError as exc:
         raise SetupError(
             f"harness serve needs the http extra: pip install 'claimcheck[http]' ({exc})"

@@ -9,8 +9,8 @@ from typing import Any
 from harness.clock import Clock
 from harness.database import Database
 from harness.errors import SetupError
-from harness.repository import OAuthRepository
 from harness.settings import Settings
+from harness.sut.faithful import OAuthRepository
 from harness.targets.endpoint import is_description, load_description
 from harness.targets.http import HttpTarget
 
@@ -19,9 +19,9 @@ Factory = Callable[..., Any]
 
 #: Shipped targets: name → "module:factory".
 BUILTIN: dict[str, str] = {
-    "faithful": "harness.targets.faithful:make",
-    "hardened": "harness.targets.hardened:make",
-    "naive": "harness.targets.naive:make",
+    "faithful": "harness.sut.faithful:make",
+    "hardened": "harness.sut.hardened:make",
+    "naive": "harness.sut.naive:make",
 }
 
 REQUIRED_METHODS = (

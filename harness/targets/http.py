@@ -23,9 +23,9 @@ from urllib.parse import parse_qs, quote, urlencode, urljoin, urlsplit
 import httpx
 
 from harness.errors import INVALID_CODE, IndeterminateError, SetupError, ValidationError, from_wire
+from harness.sut.tokens import Tokens
 from harness.targets.capabilities import Capability
 from harness.targets.endpoint import ClientSpec, EndpointDescription, load_description
-from harness.tokens import Tokens
 
 MAX_REDIRECTS = 10
 

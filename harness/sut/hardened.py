@@ -68,13 +68,13 @@ from harness.logs import warn
 from harness.repository import (
     AuthCodeParams,
     AuthCodeValidationResult,
-    OAuthRepository,
     RefreshTokenClaim,
     check_input,
     database_errors,
-    log,
 )
-from harness.tokens import (
+from harness.sut.faithful import OAuthRepository, log
+from harness.sut.hooks import StepHook
+from harness.sut.tokens import (
     ACCESS_TOKEN_TTL_S,
     REFRESH_TOKEN_TTL_S,
     Tokens,
@@ -142,12 +142,12 @@ class HardenedRepository(OAuthRepository):
         with database_errors(), self.db.write_pool.connection() as conn, conn.transaction():
             result = self._redeem(conn, code_hash, client_id, redirect_uri, code_verifier, now)
             if not isinstance(result, OAuthError):
-                self._step("after_validate")
+                self._step(StepHook.AFTER_VALIDATE)
                 tokens = self._issue(conn, result, client_id, None, now)
-                self._step("before_link")
+                self._step(StepHook.BEFORE_LINK)
                 conn.execute("UPDATE oauth_auth_codes SET refresh_token_id = %s WHERE code = %s",
                              (self.hash(tokens.refresh_token), code_hash))
-                self._step("after_link")
+                self._step(StepHook.AFTER_LINK)
         if isinstance(result, OAuthError):
             raise result
         assert tokens is not None
@@ -195,7 +195,7 @@ class HardenedRepository(OAuthRepository):
             if not rfc7636.constant_time_equal(rfc7636.s256_challenge(code_verifier), challenge):
                 return refuse("PKCE verifier mismatch")
         conn.execute("UPDATE oauth_auth_codes SET used_at = %s WHERE code = %s", (now, code_hash))
-        self._step("after_claim")
+        self._step(StepHook.AFTER_CLAIM)
         return AuthCodeValidationResult(user_id=user_id, scope=scope, resource=resource)
 
     def _revoke_linked_family(self, conn: Conn, rt_id: str | None, now: datetime) -> int:
@@ -277,7 +277,7 @@ class HardenedRepository(OAuthRepository):
         with database_errors(), self.db.write_pool.connection() as conn, conn.transaction():
             result = self._consume(conn, self.hash(refresh_token), client_id, now)
             if not isinstance(result, OAuthError):
-                self._step("after_consume")
+                self._step(StepHook.AFTER_CONSUME)
                 tokens = self._issue(conn, result, client_id, result.family_id, now)
         if isinstance(result, OAuthError):
             raise result

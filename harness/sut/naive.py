@@ -39,19 +39,19 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from harness.at_rest import hash_at_rest
-from harness.claims import _MARK_USED, _SELECT_UNUSED, CodeRow, Isolation, Strategy
 from harness.database import Database
 from harness.errors import INVALID_REFRESH_TOKEN, TokenInvalidError, ValidationError
 from harness.logs import warn
 from harness.repository import (
     AuthCodeValidationResult,
-    OAuthRepository,
     RefreshTokenClaim,
     RefreshTokenParams,
     check_input,
     database_errors,
-    log,
 )
+from harness.sut.claims import MARK_USED, SELECT_UNUSED, CodeRow, Isolation, Strategy
+from harness.sut.faithful import OAuthRepository, log
+from harness.sut.hooks import StepHook
 
 #: The development pepper left in the code "for convenience".
 DEFAULT_PEPPER = "changeme"
@@ -78,14 +78,14 @@ class NaiveRepository(OAuthRepository):
     def _claim(self, code_hash: str, now: datetime) -> CodeRow | None:
         if not self.hooks or self.claim_isolation is not Isolation.READ_COMMITTED:
             return super()._claim(code_hash, now)
-        # The same SELECT-then-UPDATE as harness.claims' naive strategy, with a step hook in the
+        # The same SELECT-then-UPDATE as harness.sut.claims' naive strategy, with a step hook in the
         # gap so a scenario can put a second request exactly there.
         with database_errors(), self.db.write_pool.connection() as conn:
-            raw = conn.execute(_SELECT_UNUSED, (code_hash,)).fetchone()
+            raw = conn.execute(SELECT_UNUSED, (code_hash,)).fetchone()
             if raw is None:
                 return None
-            self._step("between_read_and_write")
-            conn.execute(_MARK_USED, (now, code_hash))
+            self._step(StepHook.BETWEEN_READ_AND_WRITE)
+            conn.execute(MARK_USED, (now, code_hash))
             return CodeRow(*raw)
 
     def validate_authorization_code(
@@ -99,7 +99,7 @@ class NaiveRepository(OAuthRepository):
         now = self.clock.now()
         code_hash = self.hash(code)
         row = self._claim(code_hash, now)
-        self._step("after_claim")
+        self._step(StepHook.AFTER_CLAIM)
         try:
             if row is None:
                 return self._handle_unclaimable_auth_code(code, code_hash)
@@ -146,7 +146,7 @@ class NaiveRepository(OAuthRepository):
                     "SELECT user_id, scope, family_id, resource FROM oauth_refresh_tokens "
                     "WHERE token_id = %s AND consumed_at IS NULL", (token_hash,)).fetchone()
                 if raw is not None:
-                    self._step("between_read_and_write")
+                    self._step(StepHook.BETWEEN_READ_AND_WRITE)
                     conn.execute("UPDATE oauth_refresh_tokens SET consumed_at = %s WHERE token_id = %s",
                                  (now, token_hash))
                     return RefreshTokenClaim(user_id=raw[0], scope=raw[1], family_id=raw[2], resource=raw[3])

@@ -61,8 +61,8 @@ ATOMIC_SQL = (
 _SELECT_FOR_UPDATE = (
     f"SELECT {_COLUMNS} FROM oauth_auth_codes WHERE code = %s AND used_at IS NULL FOR UPDATE"
 )
-_SELECT_UNUSED = f"SELECT {_COLUMNS} FROM oauth_auth_codes WHERE code = %s AND used_at IS NULL"
-_MARK_USED = "UPDATE oauth_auth_codes SET used_at = %s WHERE code = %s"
+SELECT_UNUSED = f"SELECT {_COLUMNS} FROM oauth_auth_codes WHERE code = %s AND used_at IS NULL"
+MARK_USED = "UPDATE oauth_auth_codes SET used_at = %s WHERE code = %s"
 
 
 def _row(raw: Any) -> CodeRow | None:
@@ -75,11 +75,11 @@ def _autocommit_claim(
     if strategy is Strategy.ATOMIC:
         # The seed: one autocommit statement, nothing else.
         return _row(conn.execute(ATOMIC_SQL, (now, code_hash), prepare=True).fetchone())
-    row = _row(conn.execute(_SELECT_UNUSED, (code_hash,), prepare=True).fetchone())
+    row = _row(conn.execute(SELECT_UNUSED, (code_hash,), prepare=True).fetchone())
     if row is not None:
         # Nothing ties this write to the read above: another caller may have
         # claimed the code in between, and this UPDATE does not re-check used_at.
-        conn.execute(_MARK_USED, (now, code_hash), prepare=True)
+        conn.execute(MARK_USED, (now, code_hash), prepare=True)
     return row
 
 
@@ -99,13 +99,13 @@ def claim(
         with conn.transaction():
             if strategy is Strategy.ATOMIC:
                 return _row(conn.execute(ATOMIC_SQL, (now, code_hash), prepare=True).fetchone())
-            select = _SELECT_FOR_UPDATE if strategy is Strategy.FOR_UPDATE else _SELECT_UNUSED
+            select = _SELECT_FOR_UPDATE if strategy is Strategy.FOR_UPDATE else SELECT_UNUSED
             row = _row(conn.execute(select, (code_hash,), prepare=True).fetchone())
             if row is None:
                 return None
             # The naive control writes without re-checking used_at: between its
             # SELECT and this UPDATE another caller may have claimed the code.
-            conn.execute(_MARK_USED, (now, code_hash), prepare=True)
+            conn.execute(MARK_USED, (now, code_hash), prepare=True)
             return row
     finally:
         conn.isolation_level = previous

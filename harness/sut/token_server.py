@@ -372,9 +372,10 @@ def grant(target: Target, form: dict[str, str], creds: ClientCredentials) -> dic
             log.warning("token request refused, database unavailable: %s", exc.detail)
             raise _unavailable() from None
         log.error("token request failed: %s", exc.detail)
-        raise TokenError("server_error", "Internal server error", 500) from None
+        raise TokenError(exc.error, "Internal server error", exc.status) from None
     except OAuthError as exc:
-        raise TokenError("invalid_grant", str(exc)) from None
+        # The one wire mapping (harness.errors): each kind carries its RFC 6749 §5.2 code.
+        raise TokenError(exc.error, str(exc), exc.status) from None
     return tokens.response()
 
 
