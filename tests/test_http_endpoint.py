@@ -26,11 +26,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from harness import rfc6749_endpoint, rfc7636
+from harness import rfc7636
 from harness.at_rest import hash_at_rest
 from harness.database import Database, connect
 from harness.errors import INVALID_CODE
 from harness.repository import OAuthRepository
+from harness.sut import token_server as rfc6749_endpoint
 from harness.sut.token_server import MAX_BODY_BYTES, ClientCredentials, TokenError, create_app
 from harness.targets import load_target
 from harness.testing.plugin import CLIENT, OTHER_CLIENT

@@ -37,13 +37,8 @@ from harness.errors import (
     TokenInvalidError,
     ValidationError,
 )
-from harness.repository import (
-    AUTH_CODE_TTL_S,
-    MAX_INPUT_CHARS,
-    AuthCodeParams,
-    OAuthRepository,
-    check_input,
-)
+from harness.repository import MAX_INPUT_CHARS, AuthCodeParams, check_input
+from harness.sut.faithful import AUTH_CODE_TTL_S, OAuthRepository
 from harness.sut.tokens import REFRESH_TOKEN_TTL_S
 from harness.targets import load_target
 from harness.testing.plugin import CLIENT, OTHER_CLIENT, TEST_PEPPER, USER

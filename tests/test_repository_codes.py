@@ -12,7 +12,8 @@ from harness.clock import ManualClock
 from harness.database import Database
 from harness.errors import INVALID_CODE, ValidationError
 from harness.logs import capture
-from harness.repository import AUTH_CODE_TTL_S, AuthCodeValidationResult, OAuthRepository
+from harness.repository import AuthCodeValidationResult
+from harness.sut.faithful import AUTH_CODE_TTL_S, OAuthRepository
 from harness.testing.plugin import CLIENT, OTHER_CLIENT, USER
 
 VERIFIER = rfc7636.APPENDIX_B_VERIFIER
