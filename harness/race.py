@@ -246,11 +246,24 @@ class _Worker:
         return f"racers {','.join(map(str, self.racer_ids))} (pid {self.proc.pid})"
 
 
+#: How a racer process starts: with gevent, its racers are greenlets over the same synchronous
+#: target code (psycopg 3 cooperates with gevent once patched before it is imported), so one
+#: process per core keeps many attempts in flight; with threads, the GIL serialises them.
+_GEVENT_BOOT = ("from gevent import monkey; monkey.patch_all(); import runpy; "
+                "runpy.run_module('harness._racer', run_name='__main__')")
+
+
+def use_gevent() -> bool:
+    """Racers as greenlets (``HARNESS_RACERS=gevent``) or threads (the default)."""
+    return os.environ.get("HARNESS_RACERS", "threads") == "gevent"
+
+
 def _start_worker(spec: RaceSpec, racer_ids: list[int]) -> _Worker:
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the worker, after the race
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness._racer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=stderr, start_new_session=True, bufsize=0)
+    command = ([sys.executable, "-c", _GEVENT_BOOT] if use_gevent()
+               else [sys.executable, "-m", "harness._racer"])
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=stderr, start_new_session=True, bufsize=0)
     worker = _Worker(racer_ids, proc, stderr)
     assert proc.stdin is not None
     _send(worker, ("spec", spec, racer_ids))
@@ -462,8 +475,9 @@ def overlap_first_attempts(history: History, *, f: str) -> Result:
 
 
 def default_processes(racers: int) -> int:
-    """Two racer processes per core (capped by the racers): measured as fast as one per racer here."""
-    return max(1, min(racers, 2 * (os.cpu_count() or 1)))
+    """One racer process per core with greenlets, two with threads (capped by the racers)."""
+    per_core = 1 if use_gevent() else 2
+    return max(1, min(racers, per_core * (os.cpu_count() or 1)))
 
 
 def race(

