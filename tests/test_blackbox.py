@@ -138,11 +138,14 @@ def test_a_race_on_a_serial_server_proves_nothing_and_says_so(authlib_serial: Ru
 #: non-atomic redemption double-issues under a race.
 AUTHLIB_VIOLATES = {"pkce.plain", "replay.revokes-family", "replay.cross-client",
                     "replay.access-tokens", "refresh.rotation", "refresh.grace-policy",
-                    "race.single-winner"}
+                    "refresh.grace-cross-client", "race.single-winner"}
 #: Checks that need what an HTTP server cannot give (step hooks, clock, rows, logs, tracing).
 NOT_BLACK_BOX = {"pkce.constant-time", "code.expiry", "replay.between-claim-and-link",
                  "replay.log-secrets", "replay.audit-trail", "refresh.concurrent", "refresh.expiry",
-                 "at-rest.no-raw-secrets", "at-rest.digest", "at-rest.pepper"}
+                 "at-rest.no-raw-secrets", "at-rest.digest", "at-rest.pepper", "token.access-expiry",
+                 "token.resource", "repository.cleanup-expired", "repository.revoke-token",
+                 "repository.code-client", "repository.token-family", "repository.token-client",
+                 "repository.validate-refresh"}
 
 
 def test_every_check_that_can_run_black_box_runs_with_a_verdict_from_authlibs_code(

@@ -56,9 +56,19 @@ EXPECTED: dict[str, tuple[str, str, str]] = {
     "refresh.expiry": (H, H, V),
     "refresh.client-binding": (H, H, V),
     "refresh.grace-policy": (V, H, V),
+    "refresh.grace-cross-client": (H, H, V),
+    "token.access-expiry": (H, H, V),
+    "token.resource": (H, H, V),
+    "token.scope": (H, H, V),
     "at-rest.no-raw-secrets": (H, H, V),
     "at-rest.digest": (H, H, V),
     "at-rest.pepper": (H, H, V),
+    "repository.cleanup-expired": (H, H, V),
+    "repository.revoke-token": (H, H, V),
+    "repository.code-client": (H, H, V),
+    "repository.token-family": (H, H, V),
+    "repository.token-client": (H, H, V),
+    "repository.validate-refresh": (H, H, V),
     "race.single-winner": (H, H, V),
 }
 
@@ -89,7 +99,7 @@ def test_catalogue_entries_are_complete() -> None:
         assert "RFC" in spec.source or "seed" in spec.source, spec.id
         assert spec.title and len(spec.expected) > 20
         assert spec.theme in {"rfc7636_pkce", "rfc6749_codes", "replay_families", "refresh_rotation",
-                              "at_rest", "concurrency"}
+                              "tokens", "at_rest", "repository_methods", "concurrency"}
 
 
 @pytest.mark.parametrize("target", SHIPPED_TARGETS)
@@ -161,9 +171,15 @@ def make_hookless(db: Database, **kwargs: Any) -> HooklessRepository:
 
 
 def test_a_target_without_hooks_is_not_applicable_not_a_pass(db: Database, pepper: str) -> None:
-    result = run_check("code.single-use", db, "test_checks:make_hookless", pepper)
+    # A check that is only the forced interleaving cannot run on it: not applicable, not a pass.
+    result = run_check("replay.between-claim-and-link", db, "test_checks:make_hookless", pepper)
     assert result.verdict == "not_applicable"
     assert "step hook" in str(result.evidence[0]["reason"])
+    # code.single-use judges its sequential half and says the forced half could not be run (as
+    # over HTTP, where the race covers the concurrent case).
+    result = run_check("code.single-use", db, "test_checks:make_hookless", pepper)
+    assert result.verdict == H
+    assert any("calls none of the step hooks" in s.observed for s in result.steps if not s.judged)
     # Checks that need no hooks still judge it (it is the faithful port underneath).
     assert run_check("code.client-binding", db, "test_checks:make_hookless", pepper).verdict == V
 
@@ -241,3 +257,138 @@ def test_scenario_verdict_logic() -> None:
             raise ValidationError("Invalid authorization code", detail="nope")
 
         sc.setup("a setup that fails", refuse)
+
+
+# -- issue 10: the checks added for what a seeded-bug study found unexamined ------------------------
+
+#: The checks issue 10 added (and the one it widened).
+ISSUE_10 = ["code.redirect-mismatch", "refresh.grace-cross-client", "token.access-expiry",
+            "token.resource", "token.scope", "repository.cleanup-expired", "repository.revoke-token",
+            "repository.code-client", "repository.token-family", "repository.token-client",
+            "repository.validate-refresh"]
+
+
+class DuckRepository:
+    """A reviewer's own class: the grants and introspection only, on the harness's database and
+    clock. No ``hooks``, no ``hash``, no ``validate_refresh_token`` or any other lower method, no
+    options: the SQL underneath happens to be the faithful port's."""
+
+    def __init__(self, db: Database, *, pepper: str | bytes | None = None, clock: Any = None) -> None:
+        self._inner = OAuthRepository(db, pepper, clock) if clock is not None else OAuthRepository(db, pepper)
+        self.db = db
+        self.clock = self._inner.clock
+
+    def store_authorization_code(self, params: Any) -> None:
+        self._inner.store_authorization_code(params)
+
+    def validate_authorization_code(self, *args: Any) -> Any:
+        return self._inner.validate_authorization_code(*args)
+
+    def exchange_code(self, *args: Any) -> Any:
+        return self._inner.exchange_code(*args)
+
+    def refresh(self, *args: Any) -> Any:
+        return self._inner.refresh(*args)
+
+    def introspect_access_token(self, token: str) -> Any:
+        return self._inner.introspect_access_token(token)
+
+
+class BareRepository(DuckRepository):
+    """The same, with neither the harness's database nor its clock: only the grants can be judged."""
+
+    def __init__(self, db: Database, *, pepper: str | bytes | None = None, clock: Any = None) -> None:
+        super().__init__(db, pepper=pepper)
+        del self.db, self.clock
+
+
+def make_duck(db: Database, **kwargs: Any) -> DuckRepository:
+    return DuckRepository(db, **kwargs)
+
+
+def make_bare(db: Database, **kwargs: Any) -> BareRepository:
+    return BareRepository(db, **kwargs)
+
+
+@pytest.mark.parametrize(("factory", "expected"), [
+    ("test_checks:make_duck", {"code.redirect-mismatch": H, "refresh.grace-cross-client": H,
+                               "token.access-expiry": H, "token.scope": H}),
+    ("test_checks:make_bare", {"code.redirect-mismatch": H, "refresh.grace-cross-client": H,
+                               "token.scope": H}),
+])
+def test_a_duck_typed_target_gets_verdicts_or_not_applicable_never_error(
+        db: Database, pepper: str, factory: str, expected: dict[str, str]) -> None:
+    """Without hooks, hash, options or the lower methods, each new check either judges what it can
+    (the grants, introspection with the clock) or says which capability it needs, before running."""
+    for check_id in ISSUE_10:
+        result = run_check(check_id, db, factory, pepper)
+        want = expected.get(check_id, "not_applicable")
+        assert result.verdict == want, (check_id, result.evidence)
+        if want == "not_applicable":
+            assert str(result.evidence[0]["reason"]).startswith("needs "), (check_id, result.evidence)
+            assert not result.steps  # decided before the check ran: nothing was written
+
+
+def _foreign_token(db: Database, token_id: str, expires_at: str) -> None:
+    """A refresh token of a client the harness did not name (the fixture's ``client-a``)."""
+    from harness.testing.plugin import CLIENT, USER
+
+    with db.connect() as conn:
+        conn.execute("INSERT INTO oauth_refresh_tokens (token_id, client_id, user_id, scope, expires_at, "
+                     "family_id) VALUES (%s, %s, %s, 'openid', " + expires_at + ", %s)",
+                     (token_id, CLIENT, USER, f"fam-{token_id}"))
+
+
+def _exists(db: Database, token_id: str) -> bool:
+    with db.connect() as conn:
+        return conn.execute("SELECT 1 FROM oauth_refresh_tokens WHERE token_id = %s",
+                            (token_id,)).fetchone() is not None
+
+
+def test_the_cleanup_check_refuses_to_run_when_a_foreign_row_is_in_reach(db: Database, pepper: str) -> None:
+    """``cleanup_expired_refresh_tokens`` deletes across the table: with a foreign token that
+    expired before the check's clock (2001), no target runs it, and the row is still there."""
+    _foreign_token(db, "foreign-ancient", "timestamptz '2000-06-01 00:00+00'")
+    for target in SHIPPED_TARGETS:
+        result = run_check("repository.cleanup-expired", db, target, pepper)
+        assert result.verdict == "not_applicable", result.frame().to_string()
+        assert "within reach" in str(result.evidence[0]["reason"])
+    assert _exists(db, "foreign-ancient")
+
+
+def test_the_cleanup_check_leaves_foreign_expired_rows_alone(db: Database, pepper: str) -> None:
+    """A foreign token that expired yesterday is out of reach of a cleanup at a 2001 clock: the
+    shipped targets (naive's age-based bug included) run, and the row survives. A target the harness
+    does not know may delete by any predicate, so it is not run beside a row it did not write."""
+    _foreign_token(db, "foreign-yesterday", "now() - interval '1 day'")
+    for target in SHIPPED_TARGETS:
+        result = run_check("repository.cleanup-expired", db, target, pepper)
+        assert result.verdict == EXPECTED["repository.cleanup-expired"][SHIPPED_TARGETS.index(target)]
+        assert _exists(db, "foreign-yesterday"), target
+    result = run_check("repository.cleanup-expired", db, "harness.sut.faithful:make", pepper)
+    assert result.verdict == "not_applicable" and "within reach" in str(result.evidence[0]["reason"])
+    assert _exists(db, "foreign-yesterday")
+
+
+def test_redirect_variants_each_differ_from_the_stored_uri() -> None:
+    from harness.checks._common import REDIRECT
+    from harness.checks.rfc6749_codes import _wrong_redirects
+
+    variants = _wrong_redirects(REDIRECT)
+    assert variants == {
+        "another host": "https://attacker.example/cb",
+        "the stored URI plus a path": "https://client.example/cb/attacker",
+        "the stored URI plus a query": "https://client.example/cb?next=https://attacker.example",
+        "the host in upper case": "https://CLIENT.EXAMPLE/cb",
+        "the path in upper case": "https://client.example/CB",
+        "a trailing slash": "https://client.example/cb/",
+        "a path character percent-encoded": "https://client.example/%63b",
+        "userinfo before the host": "https://user@client.example/cb",
+        "a fragment": "https://client.example/cb#fragment",
+        "scheme http instead of https": "http://client.example/cb",
+        "the default port written out": "https://client.example:443/cb",
+    }
+    # A URI without letters in its path or an explicit port gets only the variants that differ.
+    loopback = _wrong_redirects("http://127.0.0.1:8080/")
+    assert "http://127.0.0.1:8080/" not in loopback.values()
+    assert loopback["the trailing slash removed"] == "http://127.0.0.1:8080"

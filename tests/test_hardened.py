@@ -175,3 +175,85 @@ def test_faithful_is_unchanged_by_the_subclass(db: Database, faithful: OAuthRepo
     first = faithful.exchange_code("c1", CLIENT, REDIRECT)
     refused(lambda: faithful.exchange_code("c1", CLIENT, REDIRECT))
     assert count(db, "SELECT count(*) FROM oauth_refresh_tokens WHERE family_id = %s", first.family_id) == 0
+
+
+# -- issue 10: what hardened inherits from the seed and must keep --------------------------------------
+
+
+def test_a_grace_window_serves_only_the_same_client_another_one_revokes_the_family(
+        make_target: MakeTarget, clock: ManualClock) -> None:
+    target = make_target("hardened", refresh_reuse_grace_s=30)
+    store(target, "c1")
+    first = target.exchange_code("c1", CLIENT, REDIRECT)
+    second = target.refresh(first.refresh_token, CLIENT)
+    clock.advance(1)
+    assert isinstance(refused(lambda: target.refresh(first.refresh_token, OTHER_CLIENT)), TokenInvalidError)
+    # The token leaked: its whole family is tombstoned, so neither the owner's retry nor its
+    # newest token is served any more.
+    refused(lambda: target.refresh(second.refresh_token, CLIENT))
+    refused(lambda: target.refresh(first.refresh_token, CLIENT))
+    assert target.introspect_access_token(second.access_token) is None
+
+
+def test_rotation_keeps_the_resource_and_the_scope(hardened: OAuthRepository) -> None:
+    hardened.store_authorization_code(AuthCodeParams(
+        code="c1", client_id=CLIENT, user_id=USER, redirect_uri=REDIRECT, scope="openid",
+        resource="https://api.example/"))
+    tokens = hardened.exchange_code("c1", CLIENT, REDIRECT)
+    for _ in range(3):
+        claim = hardened.validate_refresh_token(tokens.refresh_token, CLIENT)
+        assert (claim.resource, claim.scope, tokens.scope) == ("https://api.example/", "openid", "openid")
+        tokens = hardened.refresh(tokens.refresh_token, CLIENT)
+
+
+def test_an_access_token_stops_working_after_expires_in(hardened: OAuthRepository,
+                                                        clock: ManualClock) -> None:
+    store(hardened, "c1")
+    tokens = hardened.exchange_code("c1", CLIENT, REDIRECT)
+    clock.advance(tokens.expires_in - 1)
+    assert hardened.introspect_access_token(tokens.access_token) is not None
+    clock.advance(2)
+    assert hardened.introspect_access_token(tokens.access_token) is None
+
+
+def test_redirect_uri_is_compared_as_an_exact_string(hardened: OAuthRepository) -> None:
+    for i, uri in enumerate(("https://CLIENT.example/cb", "https://client.example/CB", REDIRECT + "/",
+                             "https://client.example/%63b", "https://client.example:443/cb",
+                             "https://u@client.example/cb", REDIRECT + "#f", "http://client.example/cb")):
+        store(hardened, f"c{i}")
+        refused(lambda c=f"c{i}", u=uri: hardened.exchange_code(c, CLIENT, u))
+        assert hardened.exchange_code(f"c{i}", CLIENT, REDIRECT).refresh_token  # not burnt
+
+
+def test_the_lower_methods_answer_for_rotated_tokens_and_touch_only_their_own_row(
+        db: Database, hardened: OAuthRepository, clock: ManualClock) -> None:
+    store(hardened, "c1")
+    first = hardened.exchange_code("c1", CLIENT, REDIRECT)
+    newest = hardened.refresh(first.refresh_token, CLIENT)
+    store(hardened, "c2", client=OTHER_CLIENT)
+    bystander = hardened.exchange_code("c2", OTHER_CLIENT, REDIRECT)
+    assert hardened.get_client_id_from_auth_code("c2") == OTHER_CLIENT
+    assert hardened.get_client_id_from_auth_code("never-issued") is None
+    assert hardened.find_refresh_token_family(newest.refresh_token) == first.family_id
+    assert hardened.find_refresh_token_family("never-issued") is None
+    assert hardened.find_client_id_from_refresh_token(newest.refresh_token) == CLIENT
+    assert hardened.find_client_id_from_refresh_token("never-issued") is None
+    # validate_refresh_token: the consumed token and another client are refused, nothing written.
+    before = count(db, "SELECT count(*) FROM oauth_refresh_tokens WHERE consumed_at IS NOT NULL")
+    refused(lambda: hardened.validate_refresh_token(first.refresh_token, CLIENT))
+    refused(lambda: hardened.validate_refresh_token(newest.refresh_token, OTHER_CLIENT))
+    assert count(db, "SELECT count(*) FROM oauth_refresh_tokens WHERE consumed_at IS NOT NULL") == before
+    # revoke_refresh_token: that one token, True; then unknown; the other family untouched.
+    assert hardened.revoke_refresh_token(newest.refresh_token) is True
+    assert hardened.revoke_refresh_token(newest.refresh_token) is False
+    refused(lambda: hardened.refresh(newest.refresh_token, CLIENT))
+    claim = hardened.validate_refresh_token(bystander.refresh_token, OTHER_CLIENT)
+    assert claim.family_id == bystander.family_id
+    # cleanup_expired_refresh_tokens: a month on, the expired tokens go and a fresh one stays.
+    clock.advance(29 * 24 * 3600)
+    store(hardened, "c3")
+    fresh = hardened.exchange_code("c3", CLIENT, REDIRECT)
+    clock.advance(24 * 3600 + 60)
+    assert hardened.cleanup_expired_refresh_tokens() == 2  # the first token and the bystander's
+    assert hardened.validate_refresh_token(fresh.refresh_token, CLIENT).scope == "openid"
+    assert count(db, "SELECT count(*) FROM oauth_refresh_tokens") == 1

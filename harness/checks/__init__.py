@@ -51,8 +51,8 @@ SEVERITIES = ("critical", "high", "medium", "low", "info")
 #: The shipped targets, in the order the findings table shows them.
 SHIPPED_TARGETS = ("faithful", "hardened", "naive")
 #: Theme modules, in catalogue order (each registers its checks on import).
-THEMES = ("rfc7636_pkce", "rfc6749_codes", "replay_families", "refresh_rotation", "at_rest",
-          "concurrency")
+THEMES = ("rfc7636_pkce", "rfc6749_codes", "replay_families", "refresh_rotation", "tokens", "at_rest",
+          "repository_methods", "concurrency")
 
 
 @dataclass(frozen=True)
@@ -180,9 +180,14 @@ class Context:
             fn()
 
     def target(self, *, clock: ManualClock | None = None, pepper: str | bytes | None = None,
-               **options: Any) -> Any:
-        """A fresh instance of the target under test (its own hooks, a manual clock)."""
-        return load_target(self.target_name, self.db, pepper=self.pepper if pepper is None else pepper,
+               database: Database | None = None, **options: Any) -> Any:
+        """A fresh instance of the target under test (its own hooks, a manual clock).
+
+        ``database``: build it on another handle to the same database (``pkce.constant-time``
+        hands it one whose connections trace what they load) instead of the check's own.
+        """
+        return load_target(self.target_name, database if database is not None else self.db,
+                           pepper=self.pepper if pepper is None else pepper,
                            clock=clock or ManualClock(), **options)
 
     # shorthands for the scenario
@@ -266,7 +271,8 @@ def _pepper(pepper: str | bytes | None, target_name: str) -> str | bytes | None:
 def probe(target_name: str, db: Database | None,
           pepper: str | bytes | None) -> tuple[frozenset[Capability], tuple[str, ...]]:
     """What the target offers, and (over HTTP) its clients: loads it once, as the checks will."""
-    target = load_target(target_name, db, pepper=pepper, clock=ManualClock())
+    clock = ManualClock()
+    target = load_target(target_name, db, pepper=pepper, clock=clock)
     clients: tuple[str, ...] = ()
     description = getattr(target, "description", None)
     if description is not None:
@@ -274,7 +280,8 @@ def probe(target_name: str, db: Database | None,
     close = getattr(target, "close", None)
     if callable(close):
         close()
-    return capabilities_of(target), clients
+    # Handed the same database and clock a check hands it: ROWS and CLOCK mean the target uses them.
+    return capabilities_of(target, db=db, clock=clock), clients
 
 
 def run_check(check_id: str, db: Database | None, target_name: str, pepper: str | bytes | None = None,

@@ -9,7 +9,7 @@ import pandas as pd
 from harness import rfc7636
 from harness.checks import Context
 from harness.repository import AuthCodeParams
-from harness.scenario import Outcome
+from harness.scenario import NotApplicable, Outcome
 from harness.sut.faithful import OAuthRepository
 from harness.sut.tokens import Tokens
 from harness.targets.capabilities import Capability
@@ -122,3 +122,47 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def outcome_row(who: str, out: Outcome) -> dict[str, Any]:
     return {"request": who, "outcome": out.describe()}
+
+
+def method(target: Any, name: str) -> Any:
+    """The target's method ``name``, or ``NotApplicable`` naming it.
+
+    ``Capability.REPOSITORY`` already promises every lower method; this is the second line of
+    defence for a check that calls one by name: a target object that lacks it (or a future
+    capability list that no longer names it) answers ``not_applicable`` before the check writes
+    anything, never ``error`` halfway.
+    """
+    fn = getattr(target, name, None)
+    if not callable(fn):
+        raise NotApplicable(f"the target has no {name}() method")
+    return fn
+
+
+def follows_clock(target: Any, clock: Any) -> None:
+    """``NotApplicable`` unless ``target`` tells the time by ``clock`` (the one the check moves).
+
+    A factory may accept ``clock=`` and keep its own; a check that moved a clock the target does
+    not read would judge the wrong instant (and a cleanup would run at the wrong one).
+    """
+    if not tells_time_by(target, clock):
+        raise NotApplicable("the target does not tell the time by the clock it was given")
+
+
+def tells_time_by(target: Any, clock: Any) -> bool:
+    """Whether ``target``'s clock reads what ``clock`` reads (``follows_clock`` without raising)."""
+    now = getattr(getattr(target, "clock", None), "now", None)
+    return callable(now) and bool(now() == clock.now())
+
+
+def token_rows(ctx: Context, client_ids: list[str]) -> list[tuple[Any, ...]]:
+    """Every ``oauth_refresh_tokens`` row of the given clients (found by client, so no digest is
+    needed): (token_id, family_id, consumed_at, expires_at, created_at), in a stable order."""
+    with ctx.rows.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            "SELECT token_id, family_id, consumed_at, expires_at, created_at FROM oauth_refresh_tokens "
+            "WHERE client_id = ANY(%s) ORDER BY created_at, token_id", (client_ids,)).fetchall()]
+
+
+def scope_set(scope: str | None) -> frozenset[str]:
+    """RFC 6749 §3.3: a scope is a space-delimited, unordered set of tokens."""
+    return frozenset((scope or "").split())

@@ -7,6 +7,17 @@ to, not a result: the verdicts are always measured, then compared with this tabl
 * ``hardened`` violates nothing (every finding closed, see ``harness.sut.hardened``);
 * ``naive`` violates every check but one (see ``harness.sut.naive`` for its bugs): it is
   the proof that each check can fail.
+
+The checks added for the properties a seeded-bug study found unexamined (issue 10: the
+``repository.*`` methods no grant calls, ``token.access-expiry``, ``token.resource``,
+``token.scope``, ``refresh.grace-cross-client`` and the wider ``code.redirect-mismatch``) all hold
+on ``faithful``, so none of them is a finding of the seed: its cleanup deletes by ``expires_at``
+and counts the rows; its revocation, lookups and ``validate_refresh_token`` go through the at-rest
+digest and read every column they should (consumed, client, expiry); its rotation copies the
+claim's scope and resource; its access tokens carry and are checked against ``exp``
+(RFC 6749 §5.1); its grace window compares the client before the clock (RFC 9700 §4.14.2), and a
+consumed token presented by another client falls through to family revocation; and it compares
+the redirect URI as an exact string (RFC 9700 §2.1). ``naive`` carries one bug for each.
 """
 
 from __future__ import annotations

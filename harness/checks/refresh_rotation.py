@@ -192,3 +192,47 @@ def _observed_policy(ctx: Context) -> None:
     ctx.sc.attempt("refresh with the token the rotation issued, after the retry", "refused",
                    partial(target.refresh, second.refresh_token, client),
                    why="the retry must retire the other branch: one live token per family")
+
+
+@check(
+    id="refresh.grace-cross-client",
+    title="A grace window never lets another client reuse a rotated-out token",
+    source="RFC 9700 §4.14.2; RFC 6749 §6, §10.4",
+    severity="high",
+    expected=f"With a grace window ({GRACE_S:.0f} s) where the target can be given one, else with "
+             "the server's own policy: another client presenting the victim's rotated-out token "
+             "inside the window is refused, and, since the token has evidently leaked, the "
+             "victim's family is revoked (the token the rotation issued is refused too).",
+)
+def grace_cross_client(ctx: Context) -> None:
+    """The window exists for one case: the *same* client lost the response to its refresh and
+    retries. Another client holding the token can only have stolen it, so the presentation is
+    plain reuse (RFC 9700 §4.14.2): refused, and the family revoked, as ``replay.cross-client``
+    wants for a leaked code. Revoking costs the victim a re-authorization; not revoking leaves the
+    thief's copy of the family's newest token usable."""
+    clock = ManualClock()
+    if ctx.has(Capability.OPTIONS):
+        try:
+            target = ctx.target(clock=clock, refresh_reuse_grace_s=GRACE_S)
+        except SetupError as exc:
+            raise NotApplicable(f"the target takes no refresh_reuse_grace_s option: {exc}") from exc
+        ctx.sc.note("reuse policy", f"a grace window of {GRACE_S:.0f} s (refresh_reuse_grace_s)")
+    else:
+        target = ctx.target(clock=clock)
+        ctx.sc.note("reuse policy", "the server's own (it cannot be given a grace window from outside)")
+    victim, other = ctx.client("victim"), ctx.client("other")
+    first = _issued(ctx, target, victim, "the victim exchanges a code")
+    second: Tokens = ctx.sc.setup("the victim refreshes (rotate)",
+                                  partial(target.refresh, first.refresh_token, victim))
+    when = "at once"
+    if ctx.has(Capability.CLOCK):
+        clock.advance(1)
+        when = "1 s later"
+    window = "the window" if ctx.has(Capability.OPTIONS) else "any grace window the server keeps"
+    ctx.sc.attempt(f"another client presents the victim's rotated-out token {when} (inside {window})",
+                   "refused", partial(target.refresh, first.refresh_token, other))
+    ctx.sc.attempt("the victim refreshes with the token the rotation issued", "refused",
+                   partial(target.refresh, second.refresh_token, victim),
+                   why="the token leaked: its family is revoked")
+    ctx.sc.evidence.extend(ctx.sc.judged_steps())
+    ctx.sc.evidence.extend(records(family_frame(ctx, [first.family_id])))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
@@ -19,7 +18,7 @@ from harness.checks._common import (
     short,
     store_code,
 )
-from harness.logs import OAUTH_LOGGER, capture
+from harness.logs import capture_everything
 from harness.scenario import NotApplicable, ScenarioError, force_interleaving
 from harness.sut.hooks import StepHook
 from harness.sut.tokens import Tokens
@@ -148,48 +147,59 @@ def access_tokens(ctx: Context) -> None:
     title="No raw secret in the log lines of an exchange, a rotation and a replay",
     source="RFC 6819 §4.4.1.1, §5.1.4.1.3 (no cleartext credentials); RFC 6749 §10.5",
     severity="medium",
-    expected="No log line (message or field) carries a raw code, verifier, refresh or access "
-             "token or the pepper; digests (or a prefix of one) identify the row instead.",
+    expected="Nothing the target writes while it exchanges, rotates, refuses a replay and a wrong "
+             "verifier (a log record of any logger at any level, message, field or traceback; a "
+             "line on stdout or stderr) carries a raw code, verifier, refresh or access token or "
+             "the pepper; digests (or a prefix of one) identify the row instead.",
     requires={Capability.IN_PROCESS},
 )
 def log_secrets(ctx: Context) -> None:
+    """Everything is captured (``harness.logs.capture_everything``), not just ``harness.oauth``: a
+    reviewer's target logs through its own logger, at INFO or DEBUG, in ``extra=`` fields, or
+    simply prints, and a collector at another level or a container's stdout would keep the line.
+    The lines never reach the console (they carry the very secrets under test)."""
     target, client = ctx.target(), ctx.client()
     other_verifier = rfc7636.new_verifier()
     other = store_code(ctx, target, "logged-wrong", client, verifier=other_verifier)
-    logger = logging.getLogger(OAUTH_LOGGER)
-    propagate = logger.propagate
-    logger.propagate = False  # the lines under test must not reach the console as a side effect
-    try:
-        with capture() as events:
-            code, verifier, tokens = pkce_exchange(ctx, target, client, "logged")
-            rotated = ctx.sc.setup("rotate", lambda: target.refresh(tokens.refresh_token, client))
-            ctx.sc.attempt("replay the spent code", "refused",
-                           lambda: target.exchange_code(code, client, REDIRECT, verifier), judged=False)
-            ctx.sc.attempt("a wrong verifier on another code", "refused",
-                           lambda: target.exchange_code(other, client, REDIRECT, rfc7636.new_verifier()),
-                           judged=False)
-            ctx.sc.attempt("reuse the rotated-out refresh token", "refused",
-                           lambda: target.refresh(tokens.refresh_token, client), judged=False)
-    finally:
-        logger.propagate = propagate
+    with capture_everything() as captured:
+        code, verifier, tokens = pkce_exchange(ctx, target, client, "logged")
+        rotated = ctx.sc.setup("rotate", lambda: target.refresh(tokens.refresh_token, client))
+        ctx.sc.attempt("replay the spent code", "refused",
+                       lambda: target.exchange_code(code, client, REDIRECT, verifier), judged=False)
+        ctx.sc.attempt("a wrong verifier on another code", "refused",
+                       lambda: target.exchange_code(other, client, REDIRECT, rfc7636.new_verifier()),
+                       judged=False)
+        ctx.sc.attempt("reuse the rotated-out refresh token", "refused",
+                       lambda: target.refresh(tokens.refresh_token, client), judged=False)
     pepper = ctx.key.decode() if isinstance(ctx.key, bytes) else ctx.key
     secrets = {"raw code": code, "raw code (other)": other, "verifier": verifier or "",
                "other code's verifier": other_verifier,
                "refresh token": tokens.refresh_token, "rotated refresh token": rotated.refresh_token,
                "access token": tokens.access_token, "pepper": pepper}
+    lines = captured.lines()
     leaks: list[dict[str, Any]] = []
-    for event in events:
-        line = event.render()
-        found = [what for what, value in secrets.items() if value and value in line]
+    # Longest first: one raw code may be a prefix of another, and each must be named for itself.
+    # A value shorter than 8 characters (a toy pepper such as "p") would match ordinary words
+    # in every line; nothing that short is a secret worth finding, so it is not looked for.
+    by_length = sorted(((w, v) for w, v in secrets.items() if v and len(v) >= 8),
+                       key=lambda wv: -len(wv[1]))
+    for where, line in lines:
+        shown = line
+        found: list[str] = []
+        for what, value in by_length:
+            if value in shown:
+                shown, found = shown.replace(value, f"<{what}>"), [*found, what]
         if found:
-            shown = line
-            for what in found:
-                shown = shown.replace(secrets[what], f"<{what}>")
-            shown = _DIGEST.sub(lambda m: short(m.group(0)), shown)
-            leaks.append({"level": event.level, "line": shown, "secrets": ", ".join(found)})
-    ctx.sc.observe(f"log lines emitted: {len(events)}; lines carrying a raw secret", expected="0",
-                   observed=len(leaks), ok=not leaks)
-    ctx.sc.evidence.extend(leaks or [{"log_lines": len(events), "lines_with_raw_secret": 0}])
+            # The (first) line of a multi-line record that holds a secret, digests shortened.
+            hit = next((x for x in shown.splitlines() if any(f"<{w}>" in x for w in found)), shown)
+            leaks.append({"where": where, "line": _DIGEST.sub(lambda m: short(m.group(0)), hit)[:300],
+                          "secrets": ", ".join(found)})
+    ctx.sc.observe(f"lines written: {len(captured.events)} log records, "
+                   f"{len(lines) - len(captured.events)} stdout/stderr lines; lines carrying a raw secret",
+                   expected="0", observed=len(leaks), ok=not leaks)
+    ctx.sc.evidence.extend(leaks or [{"log_records": len(captured.events),
+                                      "output_lines": len(lines) - len(captured.events),
+                                      "lines_with_raw_secret": 0}])
 
 
 @check(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from urllib.parse import urlsplit, urlunsplit
 
 from harness import rfc7636
 from harness.checks import Context, check
@@ -79,24 +80,61 @@ def expiry(ctx: Context) -> None:
                    lambda: target.exchange_code(stale, client, REDIRECT))
 
 
-_WRONG_REDIRECTS = {
-    "another host": "https://attacker.example/cb",
-    "the stored URI plus a path": REDIRECT + "/attacker",
-    "the stored URI plus a query": REDIRECT + "?next=https://attacker.example",
-}
+def _wrong_redirects(uri: str) -> dict[str, str]:
+    """URIs that differ from ``uri`` and must each be refused, by what makes them differ.
+
+    RFC 9700 §2.1 and §4.1.3 (and RFC 6749 §3.1.2.3 with a registered URI) want *exact* string
+    matching, i.e. RFC 3986 §6.2.1 simple string comparison. So every variant below is another
+    URI, even those that RFC 3986 §6.2.2–§6.2.3 normalisation would call equivalent (letter case
+    of the host, ``%63`` for ``c``, ``:443`` on https): an AS that normalises before comparing
+    accepts what its browser and its client may parse differently (RFC 9700 §4.1.1), and one that
+    compares a prefix accepts any path below the registered one.
+    """
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    path = parts.path or "/"
+    # The first letter of the path, percent-encoded (``/cb`` → ``/%63b``): the same resource to a
+    # normalising server (RFC 3986 §2.3, §6.2.2.2), another string to an exact comparison.
+    i = next((n for n, ch in enumerate(path) if ch.isalnum()), None)
+    encoded = path if i is None else f"{path[:i]}%{ord(path[i]):02X}{path[i + 1:]}"
+    default_port = {"https": 443, "http": 80}.get(parts.scheme)
+    other_scheme = {"https": "http", "http": "https"}.get(parts.scheme, "https")
+
+    def with_(**kw: str) -> str:
+        return urlunsplit(parts._replace(**kw))
+
+    variants = {
+        "another host": with_(netloc="attacker.example"),
+        "the stored URI plus a path": uri + "/attacker",
+        "the stored URI plus a query": uri + "?next=https://attacker.example",
+        "the host in upper case": with_(netloc=parts.netloc.replace(host, host.upper())),
+        "the path in upper case": with_(path=path.upper()),
+        ("the trailing slash removed" if path.endswith("/") else "a trailing slash"):
+            with_(path=path[:-1] if path.endswith("/") else path + "/"),
+        "a path character percent-encoded": with_(path=encoded),
+        "userinfo before the host": with_(netloc=f"user@{parts.netloc}"),
+        "a fragment": uri + "#fragment",
+        f"scheme {other_scheme} instead of {parts.scheme}": with_(scheme=other_scheme),
+    }
+    if default_port is not None and parts.port is None:
+        variants["the default port written out"] = with_(netloc=f"{parts.netloc}:{default_port}")
+    # A variant that happens to equal the stored URI (a path with no letters, …) proves nothing.
+    return {what: v for what, v in variants.items() if v != uri}
 
 
 @check(
     id="code.redirect-mismatch",
     title="A different redirect URI is refused (exact match)",
-    source="RFC 6749 §4.1.3; RFC 9700 §2.1, §4.1.3",
+    source="RFC 6749 §3.1.2, §4.1.3; RFC 9700 §2.1, §4.1.1, §4.1.3; RFC 3986 §6.2.1",
     severity="high",
-    expected="Refused unless identical to the stored redirect URI (exact string matching: a "
-             "prefix or a longer path is not the same URI).",
+    expected="Refused unless identical to the stored redirect URI, character for character "
+             "(simple string comparison): another host, a longer path or a query, the letter case "
+             "of the host or of the path, a trailing slash, a percent-encoded path character, the "
+             "default port written out, userinfo, a fragment and another scheme are all refused.",
 )
 def redirect_mismatch(ctx: Context) -> None:
     target, client = ctx.target(), ctx.client()
-    for i, (what, uri) in enumerate(_WRONG_REDIRECTS.items()):
+    for i, (what, uri) in enumerate(_wrong_redirects(REDIRECT).items()):
         code = store_code(ctx, target, f"redirect-{i}", client)
         ctx.sc.attempt(f"exchange with {what}", "refused", partial(target.exchange_code, code, client, uri))
 

@@ -40,6 +40,14 @@ changed, per finding, and why:
   first use before issuing its own, so the family keeps exactly one live token; the seed left
   two live branches (RFC 9700 §4.14.2: reuse must stay detectable).
 
+Inherited unchanged, because the seed already gets them right (the checks hold on both):
+exact redirect-URI comparison (``code.redirect-mismatch``, RFC 9700 §2.1); the grace window's
+client comparison, so another client's reuse is revoked (``refresh.grace-cross-client``); the
+access token's ``exp`` (``token.access-expiry``); the scope and resource a rotation copies
+(``token.scope``, ``token.resource``, RFC 6749 §6, RFC 8707 §2.2); and the lower methods no grant
+calls (``repository.*``: cleanup by ``expires_at``, one-token revocation, lookups by digest,
+read-only validation).
+
 Claim strategy and isolation options are accepted but ignored: the row lock in a transaction is
 the design. Hooks fire inside the transaction, so a request forced in between blocks on the row.
 """
