@@ -133,7 +133,10 @@ def cleanup_expired(ctx: Context) -> None:
         raise NotApplicable("the target's refresh tokens do not expire by the clock it was given: "
                             "its cleanup could reach rows the harness did not write")
     known = ctx.target_name in SHIPPED_TARGETS
-    foreign = _foreign_rows_in_reach(ctx, ctx.name("client-"), now, known_code=known)
+    # Rows of this run are the harness's own (a notebook keeps every check's rows until its end);
+    # anything else is someone's data the cleanup must not be able to reach.
+    mine = ctx.scope.prefix if ctx.scope is not None else ctx.name("client-")
+    foreign = _foreign_rows_in_reach(ctx, mine, now, known_code=known)
     if foreign:
         reach = ("a cleanup at this clock" if known else
                  "a cleanup whose predicate the harness cannot know (a target it does not ship)")
