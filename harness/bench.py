@@ -30,6 +30,7 @@ import re
 import selectors
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -59,21 +60,33 @@ PGBENCH_BASE = 10**15
 _LITERAL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def pgbench_script(prefix: str) -> str:
+def pgbench_script(prefix: str, *, exchange: bool = False, client: str = "", user: str = "") -> str:
     """The pgbench script: the seed's claim, on codes ``<prefix><number>`` only.
+
+    With ``exchange``, the whole exchange as the faithful port runs it, three autocommit
+    statements: the claim, the new refresh token (its digest-sized id derived from the code's),
+    and the link from the code to it (``exchange_code``: validate → new family → link).
 
     ``:n`` persists per pgbench client, so each client walks its own slice of
     distinct codes. The prefix is the run's (``cc-<run id>-…``): a bare
     number could be someone else's code, one with the prefix cannot.
     """
-    if not _LITERAL_SAFE.fullmatch(prefix):
+    if not all(_LITERAL_SAFE.fullmatch(x) for x in (prefix, *(v for v in (client, user) if v))):
         # It is spliced into SQL as a literal: refuse anything that would need quoting.
         raise ValueError(f"pgbench code prefix must match {_LITERAL_SAFE.pattern}, got {prefix!r}")
     claim = (ATOMIC_SQL.replace("used_at = %s", "used_at = now()")
              .replace("code = %s", f"code = '{prefix}' || :i"))
-    return ("\\set n :n + 1\n"
-            "\\set i :base + :client_id * :stride + :n\n"
-            f"{claim};\n")
+    script = ("\\set n :n + 1\n"
+              "\\set i :base + :client_id * :stride + :n\n"
+              f"{claim};\n")
+    if exchange:
+        token = f"'{prefix}rt-' || :i"
+        script += (
+            "INSERT INTO oauth_refresh_tokens (token_id, client_id, user_id, scope, resource, expires_at, "
+            f"created_at, family_id) VALUES ({token}, '{client}', '{user}', 'openid', NULL, "
+            f"now() + interval '30 days', now(), {token});\n"
+            f"UPDATE oauth_auth_codes SET refresh_token_id = {token} WHERE code = '{prefix}' || :i;\n")
+    return script
 
 
 @cache
@@ -114,10 +127,11 @@ def _seed_pgbench(db: Database, client: str, user: str, prefix: str, first: int,
 
 
 def _run_pgbench(pgbench: Path, url: str, prefix: str, clients: int, duration_s: float, base: int,
-                 stride: int) -> tuple[float, int, str]:
+                 stride: int, *, exchange: bool = False, client: str = "",
+                 user: str = "") -> tuple[float, int, str]:
     with tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="claimcheck-bench-",
                                      delete=False) as script:
-        script.write(pgbench_script(prefix))
+        script.write(pgbench_script(prefix, exchange=exchange, client=client, user=user))
     try:
         cmd = [str(pgbench), "-n", "-M", "prepared", "-c", str(clients),
                "-j", str(min(clients, os.cpu_count() or 1)), "-T", str(max(1, round(duration_s))),
@@ -275,6 +289,59 @@ def _mux_process(url: str, pepper: str, seed: str, slices: list[list[int]], dura
     _report(results, ok, errors, elapsed, ran_out=out, first_error=first_error)
 
 
+#: gevent patched before psycopg is imported, then the green bench process runs.
+_GREEN_BOOT = ("from gevent import monkey; monkey.patch_all(); import runpy; "
+               "runpy.run_module('harness._bench_green', run_name='__main__')")
+
+
+def _run_green(url: str, pepper: str, seed: str, client: str, clients: int, duration_s: float,
+               order: list[int], operation: str) -> tuple[float, int, int, str, list[int]]:
+    """The repository path multiplexed: one process per core, one greenlet (and connection) per client."""
+    import json
+
+    stride = len(order) // clients
+    slices = [order[c * stride:(c + 1) * stride] for c in range(clients)]
+    workers = min(clients, os.cpu_count() or 1)
+    procs = []
+    try:
+        for w in range(workers):
+            proc = subprocess.Popen([sys.executable, "-c", _GREEN_BOOT], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True, start_new_session=True)
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps({"url": url, "pepper": pepper, "seed": seed, "client": client,
+                                         "redirect_uri": REDIRECT_URI, "slices": slices[w::workers],
+                                         "duration_s": duration_s, "operation": operation}) + "\n")
+            proc.stdin.flush()
+            procs.append(proc)
+        for proc in procs:  # connected, every one, before the clock starts (pgbench's -c)
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise SetupError("a green bench process failed to start")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outcomes = []
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line:
+                raise SetupError("a green bench process died")
+            outcomes.append(json.loads(line))
+    finally:
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    rate = sum(o["ok"] / o["elapsed"] for o in outcomes if o["elapsed"] > 0)
+    notes = sorted({o["note"] for o in outcomes if o["note"]})
+    latencies = sorted(v for o in outcomes for v in o["latencies_us"])
+    return (rate, sum(o["ok"] for o in outcomes), sum(o["errors"] for o in outcomes),
+            "; ".join(f"green: {n}" for n in notes), latencies)
+
+
 def _run_harness(url: str, pepper: str, seed: str, path: str, client: str, clients: int,
                  duration_s: float, order: list[int]) -> tuple[float, int, int, str]:
     ctx = _context()
@@ -345,9 +412,10 @@ def bench(
     duration_s: float = 5.0,
     pepper: str,
     rounds: int = 1,
-    paths: Iterable[str] = ("target", "claim", "mux"),
+    paths: Iterable[str] = ("target", "green", "claim", "mux"),
     synchronous_commit: bool = True,
     progress: Callable[[str], None] | None = None,
+    exchange: bool = False,
 ) -> pd.DataFrame:
     """One row per client count: pgbench tps, harness ops/s per path, and the ratios.
 
@@ -364,6 +432,10 @@ def bench(
     """
     counts = list(clients)
     paths = list(paths)
+    if exchange:
+        # The whole exchange: pgbench runs the port's three statements as one script, the harness
+        # its real exchange_code; the bare-claim paths have no exchange to compare.
+        paths = ["green"]
     if not counts or min(counts) < 1:
         raise SetupError("--clients needs positive client counts")
     if duration_s <= 0 or rounds < 1:
@@ -385,6 +457,7 @@ def bench(
             totals = {"pgbench_transactions": 0, "pgbench_claimed": 0, "harness_ops": 0,
                       "harness_errors": 0}
             notes: list[str] = []
+            latencies: dict[str, list[int]] = {}
             for _ in range(rounds):
                 stride = math.ceil(_cap(c, synchronous_commit) * duration_s / c) + 1
                 # A prefix per segment (ends in "-", so none is another's prefix): its codes are
@@ -396,7 +469,8 @@ def bench(
                 if progress is not None:
                     progress(f"pgbench, {c} clients")
                 tps, processed, _cmd = _run_pgbench(pgbench, url, prefix, c, duration_s,
-                                                    PGBENCH_BASE, stride)
+                                                    PGBENCH_BASE, stride, exchange=exchange,
+                                                    client=client, user=user)
                 claimed = _claimed(db, client, prefix)
                 if claimed < processed:
                     notes.append("pgbench ran out of codes")
@@ -412,11 +486,19 @@ def bench(
                     _checkpoint(db)
                     if progress is not None:
                         progress(f"harness {path}, {c} clients")
-                    rate, ops, errors, note = _run_harness(url, pepper, seed, path, client, c,
-                                                           duration_s, order)
+                    if path == "green":
+                        rate, ops, errors, note, lat = _run_green(
+                            url, pepper, seed, client, c, duration_s, order,
+                            "exchange" if exchange else "validate")
+                        latencies.setdefault(path, []).extend(lat)
+                    elif exchange:
+                        raise SetupError("with --exchange only the target and green paths run")
+                    else:
+                        rate, ops, errors, note = _run_harness(url, pepper, seed, path, client, c,
+                                                               duration_s, order)
                     next_code += c * py_stride
                     rates[path].append(rate)
-                    if path == "target":
+                    if path in ("target", "green"):
                         totals["harness_ops"] += ops
                     totals["harness_errors"] += errors
                     if note:
@@ -429,8 +511,15 @@ def bench(
                 row[f"{name}_ops_per_s"] = round(mean)
                 row["ratio" if path == "target" else f"{name}_ratio"] = (
                     round(mean / pg, 2) if pg else 0.0)
+            for path, values in latencies.items():
+                values.sort()
+                if values:
+                    row[f"{path}_p50_ms"] = round(values[len(values) // 2] / 1000, 2)
+                    row[f"{path}_p99_ms"] = round(values[min(len(values) - 1, len(values) * 99 // 100)]
+                                                  / 1000, 2)
             row.update(totals)
-            row.update({"rounds": rounds, "duration_s": duration_s,
+            row.update({"operation": "exchange" if exchange else "claim",
+                        "rounds": rounds, "duration_s": duration_s,
                         "synchronous_commit": "on" if synchronous_commit else "off",
                         "note": "; ".join(sorted(set(notes)))})
             rows.append(row)

@@ -60,6 +60,13 @@ def register(sub: Any) -> None:
     parser.add_argument("--synchronous-commit", choices=["on", "off"], default="on",
                         help="off: both sides commit without waiting for the WAL flush, which takes "
                         "the disk's fsync latency out of the comparison (default on)")
+    parser.add_argument("--exchange", action="store_true",
+                        help="the whole exchange instead of the claim: pgbench runs the port's three "
+                        "statements (claim, new refresh token, link) as one script, the harness its "
+                        "real exchange_code on the green path")
+    parser.add_argument("--paths", default=None,
+                        help="comma-separated harness paths: target, green, claim, mux "
+                        "(default all four; with --exchange, green)")
     parser.add_argument("--pepper", default=None, help="at-rest pepper (default HARNESS_AT_REST_PEPPER)")
     parser.add_argument("--format", choices=["table", "md", "json"], default="table")
     parser.add_argument("--no-progress", action="store_true")
@@ -74,17 +81,24 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"harness bench: error: {exc}", file=sys.stderr)
         return 2
+    known = ("target", "green", "claim", "mux")
+    paths = [p.strip() for p in (args.paths or "").split(",") if p.strip()] or (
+        ["green"] if args.exchange else list(known))
+    unknown = [p for p in paths if p not in known]
+    if unknown:
+        raise SetupError(f"unknown bench path {unknown[0]!r}: use {', '.join(known)}")
     pepper = args.pepper or Settings.from_env().pepper
     if not pepper:
         raise SetupError("no pepper: set HARNESS_AT_REST_PEPPER or pass --pepper")
-    with connect() as db, tqdm(total=len(clients) * rounds * 4, file=sys.stderr,
+    segments = len(clients) * rounds * (1 + (1 if args.exchange else len(paths)))
+    with connect() as db, tqdm(total=segments, file=sys.stderr,
                                unit="segment", disable=args.no_progress) as bar:
         def step(what: str) -> None:
             bar.set_description(what)
             bar.update(1)
 
         frame = bench(db, clients=clients, duration_s=duration, pepper=pepper,
-                      rounds=rounds,
+                      rounds=rounds, paths=paths, exchange=args.exchange,
                       synchronous_commit=args.synchronous_commit == "on", progress=step)
     if args.format == "json":
         print(json.dumps(frame.to_dict(orient="records"), indent=2))
