@@ -25,10 +25,13 @@ import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from harness.baseline import compare
+from harness.baseline import load as load_baseline
 from harness.checks import SEVERITIES, SHIPPED_TARGETS, CheckResult, findings_table, probe, scan
 from harness.checks.expected import expected_verdict, surprises
 from harness.cli import EXIT_OK, EXIT_VIOLATED
@@ -41,6 +44,8 @@ from harness.targets.endpoint import is_description
 
 #: What a short race must show on each target (the control must fail, or the race proves nothing).
 RACE_EXPECTED = {"faithful": "pass", "naive": "double win"}
+#: faithful's accepted findings, step by step (``harness scan --baseline``'s format).
+FAITHFUL_BASELINE = Path(__file__).resolve().parents[1] / "checks" / "faithful.baseline.json"
 #: The code under review, as the report names it.
 UNDER_REVIEW = "the Rust crate systemprompt-oauth 0.14.4"
 WIDTH = 100
@@ -269,7 +274,13 @@ def run(args: argparse.Namespace) -> int:
     shipped = [r for r in results if r.target in SHIPPED_TARGETS]
     odd = surprises(shipped)
     odd_races = [row for row in races if not row.as_expected]
-    ok = not odd and not odd_races
+    # Below the verdicts, step by step: a new failing step inside a check faithful already
+    # violates (a drift in its known gaps) would not change any verdict; the accepted baseline
+    # names it (harness.baseline, regenerated with `harness scan --target faithful
+    # --write-baseline harness/checks/faithful.baseline.json` when a gap changes on purpose).
+    drift = [change for change in compare(load_baseline(FAITHFUL_BASELINE),
+                                          _mine(results, "faithful")).new]
+    ok = not odd and not odd_races and not drift
     faithful = [r for r in _mine(results, "faithful") if r.verdict == "violated"]
     extra_found = [r for r in _mine(results, extra) if r.verdict == "violated"] if extra else []
     n_checks = len(_mine(results, "faithful"))
@@ -297,11 +308,13 @@ def run(args: argparse.Namespace) -> int:
         out += [f"  - {row['target']} {row['id']}: expected {row['expected']}, got {row['verdict']}"
                 for row in odd]
         out += [f"  - race on {row.target}: expected {row.expected}, got {row.got}" for row in odd_races]
+        out += [f"  - faithful, against its accepted baseline: {change.line()}" for change in drift]
     out += ["", "EVERY CHECK ON EVERY TARGET" + ("  (* = not as expected)" if odd else ""), ""]
     out += [side_by_side(results).to_string(index=False), ""]
     out += [f"{summary_line(results)}  (scans: {scanned:.1f} s)", ""]
     out += [*next_section(extra), ""]
-    out.append(verdict_line(ok, len(faithful), extra, len(extra_found), len(odd), len(odd_races)))
+    out.append(verdict_line(ok, len(faithful), extra, len(extra_found), len(odd) + len(drift),
+                            len(odd_races)))
     print("\n".join(out))
     return EXIT_OK if ok else EXIT_VIOLATED
 
