@@ -28,13 +28,15 @@ TARGET_MODULE = "cc_demo_reviewed"
 
 
 def demo(data_dir: Path, target: str | None, *, pythonpath: Path | None = None,
-         timeout: float = 240) -> subprocess.CompletedProcess[str]:
+         timeout: float = 240, baseline: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("HARNESS_DATABASE_URL", "DATABASE_URL", "HARNESS_TARGET")}
     env["HARNESS_AT_REST_PEPPER"] = PEPPER
     env["HARNESS_DATA_DIR"] = str(data_dir)
     if target is not None:
         env["HARNESS_TARGET"] = target
+    if baseline is not None:
+        env["CLAIMCHECK_FAITHFUL_BASELINE"] = str(baseline)
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH")) if p)
     return subprocess.run([*HARNESS, *DEMO], env=env, capture_output=True, text=True, timeout=timeout,
@@ -143,6 +145,28 @@ def test_another_target_is_a_fourth_column_whose_findings_do_not_change_the_exit
     assert f"{target} ({violated} findings) is not judged by the exit status" in last
     # no expectations for it: its verdicts are never marked "not as expected"
     assert "NOT AS EXPECTED" not in text and " *" not in section(text, "EVERY CHECK ON EVERY TARGET")
+
+
+@pytest.mark.slow
+def test_a_drift_inside_a_known_gap_is_named_against_the_accepted_baseline(
+        pg_data_dir: Path, tmp_path: Path) -> None:
+    # Issue 10: a gap of faithful that changes shape changes no verdict; the baseline sees it.
+    # Here the accepted baseline lacks one of faithful's failing steps, as if it were new.
+    import json
+
+    from harness.commands.demo import FAITHFUL_BASELINE
+
+    doc = json.loads(FAITHFUL_BASELINE.read_text())
+    entry = doc["targets"]["faithful"]["pkce.downgrade"]
+    assert entry["failing_steps"], entry
+    entry["failing_steps"] = []
+    entry["verdict"] = "holds"
+    edited = tmp_path / "baseline.json"
+    edited.write_text(json.dumps(doc))
+    out = demo(pg_data_dir, None, baseline=edited)
+    assert out.returncode == 1, out.stdout + out.stderr
+    drift = section(out.stdout, "NOT AS EXPECTED")
+    assert "faithful pkce.downgrade, against its accepted baseline: new violation" in drift
 
 
 def test_a_target_that_cannot_be_loaded_is_one_line_and_exit_2(pg_data_dir: Path) -> None:

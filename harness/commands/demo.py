@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import sys
 import textwrap
@@ -278,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
     # violates (a drift in its known gaps) would not change any verdict; the accepted baseline
     # names it (harness.baseline, regenerated with `harness scan --target faithful
     # --write-baseline harness/checks/faithful.baseline.json` when a gap changes on purpose).
-    drift = [change for change in compare(load_baseline(FAITHFUL_BASELINE),
+    baseline_path = Path(os.environ.get("CLAIMCHECK_FAITHFUL_BASELINE") or FAITHFUL_BASELINE)
+    drift = [change for change in compare(load_baseline(baseline_path),
                                           _mine(results, "faithful")).new]
     ok = not odd and not odd_races and not drift
     faithful = [r for r in _mine(results, "faithful") if r.verdict == "violated"]
@@ -308,7 +310,8 @@ def run(args: argparse.Namespace) -> int:
         out += [f"  - {row['target']} {row['id']}: expected {row['expected']}, got {row['verdict']}"
                 for row in odd]
         out += [f"  - race on {row.target}: expected {row.expected}, got {row.got}" for row in odd_races]
-        out += [f"  - faithful, against its accepted baseline: {change.line()}" for change in drift]
+        out += [f"  - faithful {change.check}, against its accepted baseline: {change.line()}"
+                for change in drift]
     out += ["", "EVERY CHECK ON EVERY TARGET" + ("  (* = not as expected)" if odd else ""), ""]
     out += [side_by_side(results).to_string(index=False), ""]
     out += [f"{summary_line(results)}  (scans: {scanned:.1f} s)", ""]
