@@ -37,16 +37,29 @@ def send(stream: IO[bytes], lock: threading.Lock, message: tuple[Any, ...]) -> N
         stream.flush()
 
 
+def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
+    """``size`` bytes, or ``None`` at end of stream: a raw pipe may return a message in pieces."""
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
 def receive(stream: IO[bytes]) -> tuple[Any, ...] | None:
     """The next message, or ``None`` at end of stream."""
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
+    header = _read_exactly(stream, _HEADER.size)
+    if header is None:
         return None
     (size,) = _HEADER.unpack(header)
-    data = stream.read(size)
-    if len(data) < size:
+    data = _read_exactly(stream, size)
+    if data is None:
         return None
-    message: tuple[Any, ...] = pickle.loads(data)
+    message: tuple[Any, ...] = pickle.loads(data)  # noqa: S301 - our own parent, over a private pipe
     return message
 
 
