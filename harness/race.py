@@ -591,8 +591,15 @@ def race_http(
     processes: int | None = None,
     progress: Callable[[int], None] | None = None,
     timeout_s: float = 600.0,
+    pkce: str = "auto",
 ) -> RaceReport:
     """Race a real server's token endpoint over HTTP (an endpoint description, ``harness.targets.endpoint``).
+
+    ``pkce``: ``S256`` mints every code with a pair of its own, ``none`` without, and ``auto``
+    (default) first redeems one probe code with S256 and races with S256 if the server redeems
+    it, else without PKCE if that redeems: a server whose PKCE is broken (it refuses a right
+    verifier; ``pkce.right-verifier`` reports that) would otherwise refuse every racer, and a race
+    in which nobody can win tests nothing about the claim. ``stats["pkce"]`` says which.
 
     Each code is minted by this process just before its release (real servers expire codes within
     a minute), with a PKCE S256 pair of its own, and handed to every racer; racers hold keep-alive
@@ -610,12 +617,23 @@ def race_http(
         raise SetupError("a race needs at least 2 racers")
     if codes < 1:
         raise SetupError("a race needs at least 1 code")
+    if pkce not in ("auto", "S256", "none"):
+        raise SetupError(f"pkce must be auto, S256 or none, not {pkce!r}")
     desc = load_description(description)
     chosen = desc.client(client) if client else desc.clients[0]
     minter = HttpTarget(desc)
     minted: dict[int, dict[str, Any]] = {}
+    use_pkce = pkce == "S256" or (pkce == "auto" and _redeems(minter, chosen.id, chosen.redirect_uri,
+                                                               with_pkce=True))
+    if pkce == "auto" and not use_pkce and not _redeems(minter, chosen.id, chosen.redirect_uri,
+                                                        with_pkce=False):
+        raise SetupError(f"{desc.name}: a fresh code redeemed by {chosen.id} is refused with and "
+                         "without PKCE: nothing could be won in a race (check the description)")
 
     def mint(i: int) -> dict[str, Any]:
+        if not use_pkce:
+            minted[i] = {"code": minter.mint_code(chosen.id), "verifier": None}
+            return minted[i]
         verifier = rfc7636.new_verifier()
         code = minter.mint_code(chosen.id, challenge=rfc7636.s256_challenge(verifier), method="S256")
         minted[i] = {"code": code, "verifier": verifier}
@@ -634,8 +652,24 @@ def race_http(
         minter.close()
         raise
     _describe_http(report, desc, chosen.id, spec, minter, minted, won, committed_before, probe=True)
+    report.stats["pkce"] = "S256" if use_pkce else "none"
     minter.close()
     return report
+
+
+def _redeems(minter: Any, client: str, redirect_uri: str, *, with_pkce: bool) -> bool:
+    """Whether one fresh code (with an S256 pair, or without PKCE) is redeemed: the probe of ``auto``."""
+    from harness import rfc7636
+    from harness.errors import OAuthError
+
+    verifier = rfc7636.new_verifier() if with_pkce else None
+    try:
+        code = minter.mint_code(client, challenge=rfc7636.s256_challenge(verifier) if verifier else None,
+                                method="S256" if verifier else None)
+        minter.exchange_code(code, client, redirect_uri, verifier)
+    except OAuthError:
+        return False
+    return True
 
 
 def _count_tokens(desc: Any) -> int | None:

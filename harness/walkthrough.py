@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import hmac
 import os
 import re
+import secrets
+import signal
+import subprocess
 import sys
+import tempfile
+import time
+import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pandas as pd
 from matplotlib.axes import Axes
@@ -618,3 +626,611 @@ class CheckWalk:
                  "kind": "must hold" if r.id in required else "finding if violated",
                  "verdict": r.verdict} for r in self.results.values()]
         return pd.DataFrame(rows).set_index("id")
+
+
+# -- your own server: endpoint descriptions, harness serve, the black box -------------------
+
+#: The repository (this file is harness/walkthrough.py): examples/ and notebooks/ are there.
+REPOSITORY = Path(__file__).resolve().parents[1]
+#: The description of ``harness serve`` that ships with the harness.
+SHIPPED_DESCRIPTION = REPOSITORY / "examples" / "endpoints" / "harness-serve.toml"
+#: Where the shipped description's ``${CLAIMCHECK_SERVER:-…}`` finds a running ``harness serve``.
+SERVER_ENV = "CLAIMCHECK_SERVER"
+#: The secret of ``harness serve``'s confidential test clients (the shipped description's ``secret_env``).
+CLIENT_SECRET_ENV = "CLAIMCHECK_CLIENT_SECRET"
+#: ``harness serve`` names the test clients and user it registers with this prefix.
+SERVED_PREFIX = "claimcheck-"
+#: How long a ``harness serve`` started by a notebook may take to answer ``/healthz`` (a loaded machine).
+SERVE_READY_TIMEOUT_S = 60.0
+
+#: Checks whose black-box variant judges less than the in-process one, so that over HTTP they may
+#: hold where the in-process check is violated; and why.
+NARROWER_OVER_HTTP = {
+    "code.single-use": "over HTTP only the sequential replay is judged: a second exchange forced "
+                       "inside the first one's claim needs step hooks (the race covers the "
+                       "concurrent case)",
+    "refresh.grace-policy": "over HTTP the reuse policy the server runs is judged (strict on every "
+                            "shipped target); a grace window cannot be switched on from outside",
+}
+
+#: What each capability gives a check, and why a server reached over HTTP lacks it (or how it offers it).
+CAPABILITY_NOTES = {
+    "store": ("put a code of its own choosing into the target",
+              "codes come only from the authorization endpoint"),
+    "rows": ("read the rows the target wrote, to show and judge them",
+             "the server's database is its own"),
+    "digest": ("the target's at-rest digest: find a row by its raw value",
+               "the pepper is the server's secret"),
+    "step_hooks": ("pause a grant between two of its steps, to force an interleaving",
+                   "a request cannot be paused from outside (the race finds interleavings by "
+                   "overlap, measured)"),
+    "clock": ("move the target's time without waiting",
+              "the server's clock runs on its own: an expiry would take its real lifetime"),
+    "in_process": ("capture the target's log lines, trace which of its functions ran",
+                   "its logs and its code stay on the server"),
+    "options": ("build the target again with other settings (a grace window, another pepper)",
+                "the server runs as it is deployed"),
+    "repository": ("call the repository's lower methods directly",
+                   "only the protocol is exposed"),
+    "introspect": ("ask whether an access token still works",
+                   "offered when the description has introspection_url (RFC 7662) or "
+                   "resource_url (RFC 6750)"),
+}
+
+#: How each ``auth`` of a description's client authenticates (RFC 6749 §2.3.1).
+AUTH_MEANINGS = {
+    "client_secret_basic": "client id and secret in HTTP Basic (RFC 6749 §2.3.1)",
+    "client_secret_post": "client_id and client_secret in the form body (RFC 6749 §2.3.1)",
+    "none": "a public client: client_id only (RFC 6749 §2.1); PKCE protects its codes",
+}
+
+#: The top-level fields of a description, in the order they are explained, with what each means.
+DESCRIPTION_FIELDS = (
+    ("name", "how reports name the server"),
+    ("token_url", "the token endpoint (RFC 6749 §3.2): codes are redeemed (§4.1.3) and tokens "
+                  "refreshed (§6) here"),
+    ("introspection_url", "optional: RFC 7662 introspection, called with the first confidential "
+                          "client's credentials: does an access token still work? (capability "
+                          "introspect)"),
+    ("resource_url", "optional: a bearer-protected resource (RFC 6750) probed instead of "
+                     "introspection: HTTP 200 means the token works"),
+    ("concurrency", "how many requests the server really runs in parallel (processes × threads), "
+                    "as you declare it: a race at 1 proves nothing (inconclusive)"),
+    ("timeout_s", "seconds per request to the token endpoint"),
+    ("codes.authorize_url", "the authorization endpoint (RFC 6749 §4.1.1): the harness sends "
+                            "response_type=code, client_id, redirect_uri, scope, state and its own "
+                            "PKCE pair (RFC 7636), follows redirects to the client's redirect_uri "
+                            "and checks state"),
+    ("codes.login", "optional: how the test user logs in and consents first: a form (url, fields) "
+                    "or a function package.module:function given the harness's httpx.Client"),
+    ("codes.params", "optional: extra query parameters for the authorization request"),
+    ("codes.timeout_s", "seconds per request to the authorization endpoint"),
+    ("database_url_env", "optional: the environment variable holding a read-only URL of the "
+                         "server's database (for token_count_sql)"),
+    ("token_count_sql", "optional: one read-only SELECT counting the tokens the server committed; "
+                        "a race compares it with the tokens it handed out"),
+)
+
+_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+_SECRET_KEY = re.compile(r"secret|password|passwd|passphrase|credential|api[_-]?key|private[_-]?key",
+                         re.IGNORECASE)
+_KEY_VALUE = re.compile(r"""(?P<key>[A-Za-z0-9_-]+)(?P<eq>\s*=\s*)(?P<q>["'])(?P<value>.*?)(?P=q)""")
+
+
+def resolve_description(target: str) -> Path:
+    """The endpoint description ``target`` names.
+
+    An absolute path as it is; a relative one is looked for from the working
+    directory, then from the shell's (``PWD``: ``harness notebook`` runs its
+    kernels in notebooks/, the reviewer named the file from where they stand),
+    then from the repository (where ``examples/endpoints/…`` are).
+    """
+    path = Path(target).expanduser()
+    if path.is_absolute():
+        if not path.is_file():
+            raise SetupError(f"no endpoint description at {path}")
+        return path
+    bases = [Path.cwd(), *([Path(os.environ["PWD"])] if os.environ.get("PWD") else []), REPOSITORY]
+    for base in bases:
+        if (base / path).is_file():
+            return (base / path).resolve()
+    raise SetupError(f"no endpoint description {target!r} in {', '.join(dict.fromkeys(map(str, bases)))}")
+
+
+def is_shipped_description(path: Path) -> bool:
+    """Whether ``path`` is the shipped description of ``harness serve``."""
+    return path.resolve() == SHIPPED_DESCRIPTION.resolve()
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when it is inside (the same on every machine), else as it is."""
+    try:
+        return path.resolve().relative_to(REPOSITORY).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def black_box_plan(target: str | None, server_target: str) -> tuple[Path, str | None]:
+    """What a black-box notebook tests: (endpoint description, what ``harness serve`` must serve, or None).
+
+    ``target`` is an endpoint description (``*.toml``), ``None`` for the
+    shipped one, or a target name (``naive``, ``package.module:factory``). A
+    name is served here and described by the shipped description. The
+    shipped description with no ``CLAIMCHECK_SERVER`` set means: serve
+    ``server_target`` here. Any other description (or ``CLAIMCHECK_SERVER``
+    set) is a server that already runs.
+    """
+    from harness.targets.endpoint import is_description
+
+    if target is None:
+        target = str(SHIPPED_DESCRIPTION)
+    if not is_description(target):
+        return SHIPPED_DESCRIPTION, target
+    path = resolve_description(target)
+    if is_shipped_description(path) and not os.environ.get(SERVER_ENV):
+        return path, server_target
+    return path, None
+
+
+def _redact_line(line: str, *, every_value: bool) -> str:
+    def sub(match: re.Match[str]) -> str:
+        key, value = match.group("key"), match.group("value")
+        if key.endswith("_env") or _REFERENCE.fullmatch(value):
+            return match.group(0)  # the name of an environment variable, not a secret
+        if every_value or _SECRET_KEY.search(key):
+            return f"{key}{match.group('eq')}{match.group('q')}***{match.group('q')}"
+        return match.group(0)
+
+    return _KEY_VALUE.sub(sub, line)
+
+
+def redacted_description(path: Path) -> str:
+    """The description's text as written, with every secret value replaced by ``***``.
+
+    Secret values: those of keys named like a secret (``secret``,
+    ``password``, …) and every value of the login form's ``fields``; an
+    environment variable's name (``secret_env``, ``${NAME}``) is kept.
+    """
+    lines = []
+    table = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        comment = stripped.startswith("#")
+        if not comment and stripped.startswith("["):
+            table = stripped.strip("[]").strip()
+        fields = not comment and (table == "codes.login.fields" or stripped.startswith("fields"))
+        lines.append(_redact_line(line, every_value=fields))
+    return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "—"
+    return str(value)
+
+
+def description_fields(desc: Any) -> pd.DataFrame:
+    """A description field by field: what the file says, what the harness uses (expanded from the
+    environment), and what it means. Secrets are never shown: only whether they are set."""
+    raw = tomllib.loads(Path(desc.path).read_text(encoding="utf-8"))
+    codes_raw: dict[str, Any] = raw["codes"] if isinstance(raw.get("codes"), dict) else {}
+    login = desc.codes.login
+    used: dict[str, Any] = {
+        "name": desc.name, "token_url": desc.token_url, "introspection_url": desc.introspection_url,
+        "resource_url": desc.resource_url, "concurrency": desc.concurrency, "timeout_s": desc.timeout_s,
+        "codes.authorize_url": desc.codes.authorize_url,
+        "codes.login": (None if login is None else f"function {login.function}" if login.function
+                        else f"{login.method} {login.url}, fields {', '.join(login.fields)} "
+                             "(values never shown)"),
+        "codes.params": desc.codes.params or None, "codes.timeout_s": desc.codes.timeout_s,
+        "database_url_env": "set (never shown)" if desc.database_url else None,
+        "token_count_sql": desc.token_count_sql,
+    }
+    rows = []
+    for name, meaning in DESCRIPTION_FIELDS:
+        table, key = (codes_raw, name.split(".", 1)[1]) if name.startswith("codes.") else (raw, name)
+        written = table.get(key)
+        if name == "codes.login" and isinstance(written, dict):
+            written = "[codes.login] table (values never shown)"
+        rows.append({"field": name, "in the file": _shown(written), "as used": _shown(used[name]),
+                     "meaning": meaning})
+    rows.append({"field": "[[clients]]", "in the file": f"{len(raw.get('clients') or [])} clients",
+                 "as used": ", ".join(c.id for c in desc.clients),
+                 "meaning": "the clients the harness may act as (at least two: the cross-client "
+                            "checks); below"})
+    return pd.DataFrame(rows).set_index("field")
+
+
+def description_clients(desc: Any) -> pd.DataFrame:
+    """The description's clients: how each authenticates, where its secret comes from (never the secret)."""
+    raw = tomllib.loads(Path(desc.path).read_text(encoding="utf-8")).get("clients") or []
+    rows = []
+    for client, entry in zip(desc.clients, raw, strict=False):
+        if not client.confidential:
+            secret = "none (public)"
+        elif isinstance(entry, dict) and "secret_env" in entry:
+            secret = f"from ${entry['secret_env']}: set (never shown)"
+        else:
+            secret = "written in the file (prefer secret_env): never shown"
+        rows.append({"id": client.id, "auth": client.auth, "how it authenticates": AUTH_MEANINGS[client.auth],
+                     "redirect_uri": client.redirect_uri, "scope": client.scope, "secret": secret})
+    return pd.DataFrame(rows).set_index("id")
+
+
+def capability_table(over_http: Iterable[Any], in_process: Iterable[Any] | None = None,
+                     label: str = "in process") -> pd.DataFrame:
+    """Every capability a check may require: what it gives, whether the server over HTTP offers it
+    (and why not), and, for comparison, whether the in-process target ``label`` does."""
+    from harness.targets.capabilities import Capability
+
+    http = {Capability(c) for c in over_http}
+    local = None if in_process is None else {Capability(c) for c in in_process}
+    rows = []
+    for cap in Capability:
+        gives, why = CAPABILITY_NOTES.get(cap.value, ("", ""))
+        row = {"capability": cap.value, "what a check gets from it": gives,
+               "over HTTP": "yes" if cap in http else "no", "why, over HTTP": why}
+        if local is not None:
+            row[label] = "yes" if cap in local else "no"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("capability")
+
+
+def _reason(result: Any) -> str:
+    first = result.evidence[0] if result.evidence else {}
+    return str(first.get("reason", "")) if isinstance(first, dict) else ""
+
+
+def scan_table(results: Sequence[Any]) -> pd.DataFrame:
+    """A scan's results: id, title, severity, verdict, and why for a check that did not run."""
+    rows = [{"id": r.id, "title": r.spec.title, "severity": r.spec.severity, "verdict": r.verdict,
+             "why": _reason(r) if r.verdict in ("not_applicable", "error", "inconclusive") else ""}
+            for r in results]
+    return pd.DataFrame(rows).set_index("id")
+
+
+def checks_out_of_reach(offered: Iterable[Any]) -> pd.DataFrame:
+    """The catalogue's checks that require a capability ``offered`` lacks: they answer ``not_applicable``."""
+    from harness.checks import CATALOGUE
+    from harness.targets.capabilities import Capability, missing
+
+    have = {Capability(c) for c in offered}
+    rows = []
+    for spec in CATALOGUE.values():
+        lacking = missing(map(Capability, spec.requires), have)
+        if lacking:
+            rows.append({"id": spec.id, "title": spec.title, "severity": spec.severity,
+                         "requires": ", ".join(c.value for c in Capability if c.value in spec.requires),
+                         "missing": ", ".join(c.value for c in lacking)})
+    return pd.DataFrame(rows, columns=["id", "title", "severity", "requires", "missing"]).set_index("id")
+
+
+def names_its_capabilities(result: Any, offered: Iterable[Any]) -> bool:
+    """Whether a ``not_applicable`` result says ``needs <the capabilities it lacks>``, each one named."""
+    from harness.targets.capabilities import Capability, describe, missing
+
+    lacking = missing(map(Capability, result.spec.requires), {Capability(c) for c in offered})
+    return bool(lacking) and _reason(result).startswith(f"needs {describe(lacking)};")
+
+
+def agreement(check_id: str, over_http: str, in_process: str) -> str:
+    """How a black-box verdict compares with the in-process one of the same target."""
+    if over_http == "not_applicable":
+        return "not black box"
+    if over_http == in_process:
+        return "same"
+    if check_id in NARROWER_OVER_HTTP and (over_http, in_process) == ("holds", "violated"):
+        return "narrower over HTTP"
+    return "DIFFERENT"
+
+
+def black_box_beside_in_process(over_http: Sequence[Any], in_process: Sequence[Any]) -> pd.DataFrame:
+    """Per check: its verdict over HTTP, the in-process verdict of the same target, how they compare."""
+    local = {r.id: r.verdict for r in in_process}
+    rows = [{"id": r.id, "over HTTP": r.verdict, "in process": local.get(r.id, "—"),
+             "comparison": agreement(r.id, r.verdict, local.get(r.id, "—"))} for r in over_http]
+    return pd.DataFrame(rows).set_index("id")
+
+
+def race_check_outcomes(results: Mapping[str, Any]) -> pd.DataFrame:
+    """The catalogue's ``race.single-winner`` result per label: its verdict and which problem it found."""
+    rows = []
+    for label, result in results.items():
+        counts: dict[str, Any] = next((e for e in result.evidence if "winners.double_wins" in e), {})
+        rows.append({"run": label, "verdict": result.verdict,
+                     "some code won more than once": int(counts.get("winners.double_wins", 0)) > 0,
+                     "some code won by nobody": int(counts.get("winners.no_winner", 0)) > 0,
+                     "wins": "none" if counts and not counts.get("winners.wins") else "some"})
+    return pd.DataFrame(rows).set_index("run")
+
+
+# -- a harness serve of the notebook's own --------------------------------------------------
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
+    """Linux: SIGTERM when the kernel dies, even by SIGKILL (``harness serve`` then removes its rows)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+@dataclass(eq=False)
+class LocalServer:
+    """A ``harness serve`` this kernel started: where it listens, and how to stop it (``stop()``).
+
+    While it runs, ``CLAIMCHECK_SERVER`` and ``CLAIMCHECK_CLIENT_SECRET`` in
+    this kernel's environment point the shipped description (and the race's
+    racer processes, which inherit the environment) at it; ``stop()`` puts
+    them back as they were.
+    """
+
+    target: str
+    base: str
+    proc: subprocess.Popen[bytes]
+    #: Its stdout and stderr: a file already unlinked, so that nothing is left behind, even on SIGKILL.
+    log: BinaryIO
+    saved_env: dict[str, str | None] = field(default_factory=dict)
+    stopped: str | None = None
+
+    def log_lines(self) -> list[str]:
+        try:
+            self.log.seek(0)
+            return self.log.read().decode("utf-8", "replace").splitlines()
+        except (OSError, ValueError):
+            return []
+
+    def stop(self, timeout_s: float = 30.0) -> str:
+        """Stop it as Ctrl-C would (it removes the rows it registered); idempotent.
+
+        Returns its last word: ``harness serve: removed the N client(s), …``
+        (or why it could not). Registered as an exit hook too, so a kernel
+        that stops early stops the server first.
+        """
+        if self.stopped is not None:
+            return self.stopped
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for name, value in self.saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        lines = [line for line in self.log_lines() if line.startswith("harness serve:")]
+        self.stopped = next((line for line in reversed(lines) if "removed" in line),
+                            lines[-1] if lines else "harness serve: (no output)")
+        self.log.close()
+        atexit.unregister(self.stop)
+        return self.stopped
+
+
+def serve(target: str, db: Database, pepper: str, *, timeout_s: float = SERVE_READY_TIMEOUT_S) -> LocalServer:
+    """Start ``harness serve --target target --port 0`` on ``db`` and wait until ``/healthz`` answers.
+
+    The server gets the database's URL, the pepper, and the test clients'
+    secret (``CLAIMCHECK_CLIENT_SECRET`` if this kernel has one, else a fresh
+    random one) through its environment. It registers its test clients and
+    user (``claimcheck-…``) and removes them when it stops: in the notebook's
+    last cell, by the exit hook registered here, or, should the kernel be
+    killed, on the SIGTERM it then gets (Linux). A server that cannot start (a
+    database that holds another server's test clients with another secret, an
+    unknown target) is a ``SetupError`` with its last line.
+    """
+    import httpx
+
+    given = os.environ.get(CLIENT_SECRET_ENV)
+    secret = given or secrets.token_urlsafe(24)
+    env = {k: v for k, v in os.environ.items() if k != SERVER_ENV}
+    env.update(HARNESS_DATABASE_URL=db.url, HARNESS_AT_REST_PEPPER=pepper, **{CLIENT_SECRET_ENV: secret})
+    # The server writes through one open file, this kernel reads through another (its own offset);
+    # the name is gone at once, so nothing is left behind even if the kernel is killed.
+    fd, name = tempfile.mkstemp(prefix="claimcheck-serve-", suffix=".log")
+    try:
+        log = open(name, "rb")  # noqa: SIM115 - closed by LocalServer.stop
+    finally:
+        os.unlink(name)
+    with os.fdopen(fd, "wb") as out:
+        # A session of its own: the SIGINT Jupyter sends the kernel's process group (an interrupt,
+        # and the first step of every kernel shutdown) must not stop the server under the notebook.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", "serve", "--target", target, "--host", "127.0.0.1",
+             "--port", "0"], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    server = LocalServer(target, "", proc, log)
+    atexit.register(server.stop)
+    deadline = time.monotonic() + timeout_s
+
+    def fail(why: str) -> SetupError:
+        tail = [line for line in server.log_lines() if line.strip()]
+        server.stop()
+        return SetupError(f"harness serve --target {target} {why}" + (f": {tail[-1]}" if tail else ""))
+
+    while not (found := re.search(r"POST (http://127\.0\.0\.1:\d+)/token", "\n".join(server.log_lines()))):
+        if proc.poll() is not None:
+            raise fail(f"exited with status {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise fail(f"did not start within {timeout_s:g} s")
+        time.sleep(0.05)
+    server.base = found.group(1)
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{server.base}/healthz", timeout=2).status_code == 200:
+                break
+        if proc.poll() is not None:
+            raise fail(f"exited with status {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise fail(f"did not answer /healthz within {timeout_s:g} s")
+        time.sleep(0.1)
+    server.saved_env = {SERVER_ENV: os.environ.get(SERVER_ENV), CLIENT_SECRET_ENV: given}
+    os.environ[SERVER_ENV] = server.base
+    os.environ[CLIENT_SECRET_ENV] = secret
+    return server
+
+
+def served_rows(db: Database, prefix: str = SERVED_PREFIX) -> pd.DataFrame:
+    """How many rows of each table belong to ``harness serve``'s test clients and user (``claimcheck-…``)."""
+    counts = {}
+    with db.connect() as conn:
+        for table, columns in RUN_COLUMNS.items():
+            where = " OR ".join(f"starts_with({c}, %s)" for c in columns)
+            row = conn.execute(f"SELECT count(*) FROM {table} WHERE {where}".encode(),
+                               [prefix] * len(columns)).fetchone()
+            counts[table] = int(row[0]) if row else 0
+    return pd.DataFrame({f"rows named {prefix}…": counts}).rename_axis("table")
+
+
+# -- a race over HTTP -----------------------------------------------------------------------
+
+
+def token_sets(history: History, f: str = "exchange") -> pd.DataFrame:
+    """Per code: the racers, how many got tokens (``ok``), and how many *distinct* token sets those were.
+
+    Over HTTP a win is judged by the token set it handed out (its
+    fingerprint, never the token): a server that answers two racers with the
+    same pair issued it once. ``wins`` is what the single-winner checker
+    counts; more than one is a double win.
+    """
+    per: dict[Any, dict[str, Any]] = {}
+    for inv, done in history.pairs():
+        if inv.f != f or not isinstance(inv.value, dict) or "code" not in inv.value:
+            continue
+        row = per.setdefault(inv.value["code"], {"racers": 0, "ok": 0, "tokens": set()})
+        row["racers"] += 1
+        if done is not None and done.type == "ok":
+            row["ok"] += 1
+            token = done.value.get("token") if isinstance(done.value, dict) else None
+            row["tokens"].add(token or f"#{inv.process}")
+    rows = [{"code": code, "racers": r["racers"], "answered with tokens": r["ok"],
+             "distinct token sets": len(r["tokens"]), "wins": len(r["tokens"])}
+            for code, r in sorted(per.items(), key=lambda kv: int(kv[0]))]
+    return pd.DataFrame(rows, columns=["code", "racers", "answered with tokens", "distinct token sets",
+                                       "wins"]).set_index("code")
+
+
+def race_settings(report: Any) -> pd.DataFrame:
+    """What a race over HTTP was: the server, its declared concurrency, racers, codes (nothing measured)."""
+    s = report.stats
+    rows = {"server": s.get("server"), "description": shown_path(Path(str(s.get("target")))),
+            "declared concurrency (requests in parallel)": s.get("server_concurrency"),
+            "racers per code": s.get("racers"), "codes": s.get("codes"),
+            "codes from": "the authorization endpoint, one just before its release, each with a "
+                          "PKCE S256 pair of its own"}
+    return pd.DataFrame({"value": {k: str(v) for k, v in rows.items()}}).rename_axis("setting")
+
+
+def _share(part: int | None, whole: int) -> str:
+    if part is None:
+        return "not asked (no introspection_url or resource_url)"
+    if whole == 0:
+        return "nothing to ask (no code was won)"
+    return "all" if part == whole else "none" if part == 0 else "some"
+
+
+def after_race(report: Any) -> pd.DataFrame:
+    """What the harness found after the race: each won code replayed once, each winner's tokens probed.
+
+    As shares (all, some, none), so the table reads the same from run to run; the
+    counts are in ``report.stats["after_race"]``.
+    """
+    a = report.stats.get("after_race") or {}
+    replayed, sets = int(a.get("codes_replayed", 0)), int(a.get("winning_token_sets", 0))
+    rows = [
+        ("won codes replayed once after the race: refused", _share(a.get("replays_refused"), replayed),
+         "RFC 6749 §4.1.2: a code is used once"),
+        ("winners' access tokens still active after the replay",
+         _share(a.get("access_tokens_active_after_replay"), sets),
+         "RFC 6749 §4.1.2: SHOULD revoke all tokens issued on that code"),
+        ("winners' refresh tokens still usable after the replay",
+         _share(a.get("refresh_tokens_usable_after_replay"), sets),
+         "RFC 6749 §4.1.2, RFC 9700 §4.14.2: the family is revoked"),
+    ]
+    return pd.DataFrame(rows, columns=["after the race", "observed", "source"]).set_index("after the race")
+
+
+def race_measured(report: Any) -> pd.DataFrame:
+    """The measured side of a race: overlap, counts, timings (they differ on every run)."""
+    ov, w, s = report.overlap.summary, report.winners.summary, report.stats
+    rows = {
+        "codes with ≥ 2 attempts in flight at once": f"{ov.get('keys_raced')} of {ov.get('keys')} "
+                                                     f"({float(ov.get('raced_fraction') or 0):.0%})",
+        "codes with every racer in flight before the first reply": ov.get("keys_all_in_flight"),
+        "most attempts in flight at once": ov.get("max_in_flight"),
+        "median start spread (µs)": ov.get("median_spread_us"),
+        "attempts: ok / fail / info": "{ok} / {fail} / {info}".format(**s.get("ops", {})),
+        "token sets returned (distinct)": s.get("tokens_returned"),
+        "token sets committed (token_count_sql)": s.get("tokens_committed"),
+        "codes won more than once": w.get("double_wins"),
+        "racer processes": s.get("processes"),
+        "elapsed (s)": round(float(s.get("elapsed_s") or 0), 3),
+        "after the race (counts)": ", ".join(f"{k} {v}" for k, v in (s.get("after_race") or {}).items()),
+    }
+    return pd.DataFrame({"measured": {k: str(v) for k, v in rows.items()}}).rename_axis("")
+
+
+def race_timeline(report: Any, code: int | None = None) -> Figure:
+    """The timeline of one code of a race: the first double-won one, else ``code`` (or the middle one)."""
+    double = sorted(int(r["code"]) for r in report.winners.evidence if r["problem"] == "won more than once")
+    chosen = double[0] if double and code is None else (code if code is not None
+                                                         else int(report.stats.get("codes", 1)) // 2)
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.add_subplot()
+    plot_timeline(report.history, chosen, ax=ax,
+                  title=f"code {chosen}" + (" (won more than once)" if chosen in double else ""))
+    return fig
+
+
+def race_reading(report: Any, scan_verdicts: Mapping[str, str]) -> str:
+    """What a race over HTTP says about the server, in a sentence or two (Markdown), from its verdict.
+
+    ``scan_verdicts`` (check id → verdict of the black-box scan) explains a race
+    nobody won: a server that refuses a right PKCE verifier refuses every racer.
+    """
+    from harness.race import verdict
+
+    w, s = report.winners.summary, report.stats
+    found = verdict(report)
+    codes = w.get("keys", 0)
+    if found == "double win":
+        return ("**Double win: codes were redeemed more than once**, each time for distinct tokens (how "
+                "many is measured above). The server's claim of a code is not atomic: RFC 6749 §4.1.2 "
+                "allows one use. The timeline above shows one such code.")
+    if found == "no winner":
+        why = ("Every racer was refused. The race redeems each code with the PKCE verifier of its "
+               "S256 challenge (RFC 7636 §4.6), and this server refuses a right verifier "
+               "(`pkce.right-verifier` is violated in the scan above): no exchange gets far enough to "
+               "race. **The race cannot judge this server's claim**; fix PKCE first, or race the "
+               "implementation in process (notebook 4), where codes are stored without PKCE."
+               if scan_verdicts.get("pkce.right-verifier") == "violated" else
+               "Every racer was refused: the server redeemed none of the codes it had just issued.")
+        return f"**No winner: none of the {codes} codes was redeemed by anybody.** {why}"
+    if found == "inconclusive":
+        return (f"**Inconclusive**: the description declares concurrency {s.get('server_concurrency')}, so "
+                "the server runs one request at a time and nothing raced where it matters, whatever "
+                "the racers did on the wire. Declare what the server really runs (processes × threads).")
+    if found == "no race":
+        return ("**No race**: the racers did not overlap on enough codes (see the measured overlap), so "
+                "a single winner proves nothing. Run more racers, or from a machine closer to the server.")
+    if found == "incomplete":
+        return "**Incomplete**: the race did not run to its end: " + "; ".join(s.get("errors") or [])
+    if found == "nothing won":
+        return "**Nothing won**: no attempt got an answer with tokens."
+    return (f"**Pass: every one of the {codes} codes was redeemed exactly once**, with the racers measured "
+            "to overlap: the server's claim held under this race.")
+
+
+def description_secrets(desc: Any) -> list[str]:
+    """The secret values a loaded description holds (client secrets, login fields named like one):
+    what a notebook checks it never shows."""
+    values = [c.secret for c in desc.clients if c.secret]
+    login = desc.codes.login
+    if login is not None:
+        values += [v for k, v in login.fields.items() if v and _SECRET_KEY.search(k)]
+    return values

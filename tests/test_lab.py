@@ -79,7 +79,7 @@ def test_lab_serves_the_notebooks_with_the_database_in_the_kernels_env(
         assert listing.status_code == 200
         names = {item["name"] for item in listing.json()["content"]}
         assert set(NOTEBOOKS) <= names, names
-        assert len(NOTEBOOKS) == 6
+        assert len(NOTEBOOKS) == 7
         one = httpx.get(f"{base}/api/contents/{NOTEBOOKS[-1]}", headers=auth, timeout=10)
         assert one.status_code == 200 and one.json()["type"] == "notebook"
         assert httpx.get(f"{base}/api/contents/", timeout=10).status_code == 403  # the token is required

@@ -17,6 +17,8 @@ from harness.embedded import EmbeddedServer, live_server_processes
 pytestmark = pytest.mark.slow
 RACE = NOTEBOOKS / "04_concurrent_claim.ipynb"
 AT_REST = NOTEBOOKS / "05_hashing_at_rest.ipynb"
+YOUR_SERVER = NOTEBOOKS / "06_your_server.ipynb"
+SHIPPED_DESCRIPTION = NOTEBOOKS.parent / "examples" / "endpoints" / "harness-serve.toml"
 #: Small sizes where the run fails at its first race anyway (with fewer than 8 racers a matrix
 #: cell may not race at all, and the notebook rightly refuses to call that a pass).
 SMALL = ["-p", "racers=4", "-p", "codes=10"]
@@ -94,9 +96,115 @@ def test_harness_notebook_on_the_embedded_default_keeps_one_server_for_the_run_a
 def test_notebook_names_resolve_by_number_and_stem() -> None:
     assert resolve(["04"]) == [RACE]
     assert resolve(["05_hashing_at_rest"]) == [AT_REST]
-    assert [p.name[:2] for p in resolve([])] == ["00", "01", "02", "03", "04", "05"]
+    assert [p.name[:2] for p in resolve([])] == ["00", "01", "02", "03", "04", "05", "06"]
+    assert resolve(["06"]) == [YOUR_SERVER]
 
 
 def test_an_unknown_notebook_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["notebook", "99"]) == 2
     assert "no single notebook matches '99'" in capsys.readouterr().err
+
+
+# -- 06: your own server, black box --------------------------------------------------------------
+
+
+def served_and_run_rows(db: Database) -> dict[str, int]:
+    """Rows of harness serve's test clients and user (``claimcheck-…``) and of any run (``cc-…``)."""
+    with db.connect() as conn:
+        counts = {}
+        for prefix in ("claimcheck-", "cc-"):
+            for table, column in (("oauth_clients", "client_id"), ("users", "id"),
+                                  ("oauth_auth_codes", "client_id"), ("oauth_refresh_tokens", "client_id")):
+                row = conn.execute(f"SELECT count(*) FROM {table} WHERE starts_with({column}, %s)".encode(),
+                                   (prefix,)).fetchone()
+                counts[f"{table} {prefix}"] = int(row[0]) if row else 0
+    return counts
+
+
+def outputs_by_first_line(run: nbformat.NotebookNode) -> dict[str, list[dict[str, object]]]:
+    return {c.source.splitlines()[0]: c.get("outputs", []) for c in run.cells
+            if c.cell_type == "code" and c.source}
+
+
+def text_of(outputs: list[dict[str, object]]) -> str:
+    parts = []
+    for o in outputs:
+        if o.get("output_type") == "stream":
+            parts.append(str(o.get("text", "")))
+        data = o.get("data")
+        if isinstance(data, dict):
+            parts.append(str(data.get("text/plain", "")) + str(data.get("text/markdown", "")))
+    return "\n".join(parts)
+
+
+def test_the_your_server_notebook_on_the_shipped_description_shows_naives_findings_and_passes(
+        database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """papermill with ``target`` = the shipped description: the notebook serves naive itself, shows its
+    findings, its assertions about the harness hold, and it leaves no row behind."""
+    for name in ("CLAIMCHECK_SERVER", "CLAIMCHECK_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    before = served_and_run_rows(database)
+    out = tmp_path / "06.ipynb"
+    execute(YOUR_SERVER, out, {"target": str(SHIPPED_DESCRIPTION), "server_target": "naive",
+                               "racers": 4, "codes": 5}, env={"HARNESS_DATABASE_URL": database.url})
+    run = nbformat.read(out, as_version=4)
+    outputs = outputs_by_first_line(run)
+    assert not [o for outs in outputs.values() for o in outs if o.get("output_type") == "error"]
+    setup = text_of(outputs["%matplotlib inline"])
+    assert "started here: harness serve --target naive" in setup
+    (scan_cell,) = [outs for first, outs in outputs.items() if first.startswith("counts = ")]
+    counts = text_of(scan_cell)
+    assert "pkce.wrong-verifier" in counts and "critical" in counts  # naive's findings are shown
+    (verdicts,) = [outs for first, outs in outputs.items() if first.startswith("rows = ")]
+    text = text_of(verdicts)
+    assert "race: no winner" in text or "race: double win" in text  # naive never passes a race
+    rows = verdicts[-1]["data"]["text/plain"].splitlines()[2:]
+    assert len(rows) == 6 and all(r.rstrip().endswith("holds") for r in rows), rows
+    assert served_and_run_rows(database) == before  # the server's rows and the run's: all removed
+    assert not [v for k, v in before.items() if v], before
+
+
+def test_harness_notebook_06_with_a_target_name_serves_it(database: Database, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    before = served_and_run_rows(database)
+    status = main(["notebook", "06", "--target", "naive", "--database-url", database.url,
+                   "--out", str(tmp_path), "-p", "racers=4", "-p", "codes=5"])
+    assert status == 0, capsys.readouterr().err
+    assert "passed  06_your_server" in capsys.readouterr().out
+    run = nbformat.read(evidence(tmp_path), as_version=4)
+    assert run.metadata["papermill"]["parameters"]["target"] == "naive"
+    setup = text_of(outputs_by_first_line(run)["%matplotlib inline"])
+    assert "started here: harness serve --target naive" in setup
+    assert served_and_run_rows(database) == before
+
+
+def own_servers() -> set[int]:
+    """Pids of the ``harness serve`` processes notebooks start (``python -m harness serve``)."""
+    import psutil
+
+    found = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline[1:4] == ["-m", "harness", "serve"]:
+            found.add(proc.pid)
+    return found
+
+
+def test_the_your_server_notebook_that_fails_half_way_stops_its_server_and_removes_every_row(
+        database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cell fails after the server started and the in-process scan wrote its rows: the kernel's exit
+    (Jupyter interrupts the kernel's process group, then shuts it down) still removes both."""
+    for name in ("CLAIMCHECK_SERVER", "CLAIMCHECK_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    notebook = nbformat.read(YOUR_SERVER, as_version=4)
+    (compare,) = [c for c in notebook.cells if c.cell_type == "code" and c.source.startswith("s2 = None")]
+    compare.source += "\nraise AssertionError('a property failed half way')"
+    broken = tmp_path / "06_broken.ipynb"
+    nbformat.write(notebook, broken)
+    before, servers = served_and_run_rows(database), own_servers()
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(broken, tmp_path / "out.ipynb", {"racers": 4, "codes": 5},
+                env={"HARNESS_DATABASE_URL": database.url})
+    assert "a property failed half way" in str(failed.value.evalue)
+    assert served_and_run_rows(database) == before
+    assert own_servers() <= servers

@@ -41,6 +41,9 @@ def register(sub: Any) -> None:
                              "to race a real server over HTTP")
     parser.add_argument("--client", default=None,
                         help="over HTTP: the description's client to race as (default its first)")
+    parser.add_argument("--pkce", choices=["auto", "S256", "none"], default="auto",
+                        help="over HTTP: mint codes with an S256 pair, without PKCE, or (auto) with "
+                             "S256 if a probe code redeems that way, else without")
     parser.add_argument("--racers", type=positive_int, default=16, help="racers per code (default 16)")
     parser.add_argument("--codes", type=positive_int, default=200, help="codes to race (default 200)")
     parser.add_argument("--strategy", choices=[s.value for s in Strategy], default=None,
@@ -178,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             if remote:
                 report = race_http(target, racers=args.racers, codes=args.codes,
                                    client=args.client, processes=args.processes, progress=advance,
-                                   timeout_s=args.timeout)
+                                   timeout_s=args.timeout, pkce=args.pkce)
             else:
                 db = stack.enter_context(connect())
                 report = race(db, target, racers=args.racers, codes=args.codes, pepper=args.pepper,
