@@ -380,19 +380,23 @@ def race_processes(
             errors.append(f"racer process died mid-race ({worker.name}, {how})"
                           + (f": {tail}" if tail else ""))
 
+    def pump(timeout: float) -> None:
+        """Read what the racer processes have sent within ``timeout`` seconds."""
+        for key, _ in selector.select(timeout=timeout):
+            worker = key.data
+            message = receive(worker.proc.stdout)
+            if message is None:
+                lost(worker)
+            else:
+                handle(worker, message)
+
     try:
         while not all(w.done or not w.alive for w in workers):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 errors.append(f"timed out after {timeout_s:g} s")
                 break
-            for key, _ in selector.select(timeout=min(remaining, 0.5)):
-                worker = key.data
-                message = receive(worker.proc.stdout)
-                if message is None:
-                    lost(worker)
-                else:
-                    handle(worker, message)
+            pump(min(remaining, 0.5))
             if any(not w.alive and not w.done for w in workers):
                 break  # a racer process died: the others would wait for it at the next code
             if (nemesis is not None and not nemesis_started
@@ -421,16 +425,9 @@ def race_processes(
         grace = time.monotonic() + STOP_GRACE_S
         while any(w.alive and not w.done for w in workers) and time.monotonic() < grace:
             try:
-                ready = selector.select(timeout=0.1)
+                pump(0.1)
             except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
                 break
-            for key, _ in ready:
-                worker = key.data
-                message = receive(worker.proc.stdout)
-                if message is None:
-                    lost(worker)
-                else:
-                    handle(worker, message)
         for w in workers:
             if w.proc.poll() is None:
                 w.proc.kill()

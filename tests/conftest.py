@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from psycopg import conninfo, sql
 
 from harness.database import Database
 from harness.repository import AuthCodeParams, OAuthRepository, RefreshTokenParams
@@ -155,12 +158,13 @@ class Served:
 
 
 @contextlib.contextmanager
-def harness_serve(*argv: str, env: dict[str, str], logs: Path) -> Iterator[Served]:
-    """``harness serve --port 0 *argv`` until /healthz answers; stopped (Ctrl-C) on the way out."""
+def harness_serve(*argv: str, env: dict[str, str], logs: Path,
+                  options: tuple[str, ...] = ()) -> Iterator[Served]:
+    """``harness *options serve --port 0 *argv`` until /healthz answers; stopped (Ctrl-C) on the way out."""
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("harness")), "serve", "--port", "0",
-                                 *argv], env=env, stdout=out, stderr=err,
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("harness")), *options, "serve",
+                                 "--port", "0", *argv], env=env, stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL)
     served = Served(proc, 0, logs)
     try:
@@ -180,3 +184,16 @@ def harness_serve(*argv: str, env: dict[str, str], logs: Path) -> Iterator[Serve
         yield served
     finally:
         served.stop()
+
+
+@pytest.fixture(scope="module")
+def authlib_database(database: Database) -> Iterator[str]:
+    """``authlib_<random>`` on the session's server for the Authlib test server's tables; dropped after."""
+    name = f"authlib_{secrets.token_hex(6)}"
+    with psycopg.connect(database.url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield conninfo.make_conninfo(database.url, dbname=name)
+    finally:
+        with psycopg.connect(database.url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -27,9 +27,6 @@ import psycopg
 import pytest
 from authlib_server.app import REDIRECT_URI, SCOPE
 from authlib_server.launcher import ServerHandle, start_authlib_server
-from psycopg import conninfo, sql
-
-from harness.database import Database
 
 WORKERS = 2
 THREADS = 2
@@ -46,19 +43,6 @@ class Server:
     claim: str
     database_url: str
     handle: ServerHandle
-
-
-@pytest.fixture(scope="module")
-def authlib_database(database: Database) -> Iterator[str]:
-    """``authlib_<random>`` on the session's server, for the Authlib app's own tables; dropped after."""
-    name = f"authlib_{secrets.token_hex(6)}"
-    with psycopg.connect(database.url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield conninfo.make_conninfo(database.url, dbname=name)
-    finally:
-        with psycopg.connect(database.url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="module", params=["documented", "atomic"])

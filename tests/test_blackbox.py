@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from authlib_server.launcher import start_authlib_server
 from conftest import harness_serve
-from psycopg import conninfo, sql
 
 from harness.checks import CATALOGUE, Verdict, scan
 from harness.checks.expected import expected_verdict
@@ -42,18 +40,6 @@ class Running:
     env: dict[str, str]
     claim: str
     concurrency: int
-
-
-@pytest.fixture(scope="module")
-def authlib_database(database: Database) -> Iterator[str]:
-    name = f"authlib_{secrets.token_hex(6)}"
-    with psycopg.connect(database.url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield conninfo.make_conninfo(database.url, dbname=name)
-    finally:
-        with psycopg.connect(database.url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @contextlib.contextmanager

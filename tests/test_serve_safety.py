@@ -28,9 +28,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -38,7 +37,7 @@ from urllib.parse import urlencode
 import httpx
 import psutil
 import pytest
-from conftest import REDIRECT, embedded_env, interrupt
+from conftest import REDIRECT, embedded_env, harness_serve, interrupt
 
 import harness
 from harness.database import Database
@@ -78,49 +77,6 @@ def server_env(*, data_dir: Path | None = None, url: str | None = None,
     return env
 
 
-@dataclass
-class Served:
-    proc: subprocess.Popen[bytes]
-    port: int
-    logs: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        """Everything the server wrote so far, stdout and stderr."""
-        return "\n".join((self.logs / name).read_bytes().decode("utf-8", "replace")
-                         for name in ("stdout", "stderr"))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            interrupt(self.proc, timeout=20)
-
-
-@contextlib.contextmanager
-def serving(*argv: str, env: dict[str, str], logs: Path) -> Iterator[Served]:
-    """Run ``harness *argv --port P`` on a free port until /healthz answers 200; stop it on exit."""
-    port = free_port()
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
-        proc = subprocess.Popen([HARNESS, *argv, "--port", str(port)], env=env, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL)
-        served = Served(proc, port, logs)
-        try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{served.base}/healthz", timeout=2).status_code == 200:
-                        break
-                assert proc.poll() is None, f"harness serve exited early:\n{served.output()}"
-                assert time.monotonic() < deadline, f"harness serve did not start:\n{served.output()}"
-                time.sleep(0.2)
-            yield served
-        finally:
-            served.stop()
-
-
 def exchange_body(code: str) -> str:
     return urlencode({"grant_type": "authorization_code", "code": code, "client_id": CLIENT,
                       "redirect_uri": REDIRECT})
@@ -139,8 +95,9 @@ def store(db: Database, code: str) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_verbose_serve_prints_no_raw_code_or_token(workers: int, pg_data_dir: Path, tmp_path: Path) -> None:
     code = "raw-code-" + secrets.token_hex(8)
-    with serving("-v", "serve", "--target", "faithful", "--access-log", "--workers", str(workers),
-                 env=server_env(data_dir=pg_data_dir), logs=tmp_path / "logs") as srv, \
+    with harness_serve("--target", "faithful", "--access-log", "--workers", str(workers),
+                       env=server_env(data_dir=pg_data_dir), logs=tmp_path / "logs",
+                       options=("-v",)) as srv, \
             harness.connect(data_dir=pg_data_dir) as db:
         store(db, code)
         first = httpx.post(f"{srv.base}/token", content=exchange_body(code), headers=FORM, timeout=10)
@@ -178,7 +135,7 @@ def test_a_lost_database_is_a_quick_503_and_its_return_is_served(pg_data_dir: Pa
     cluster = EmbeddedServer(pg_data_dir)
     lease: Lease | None = None
     unknown = exchange_body("never-issued")
-    with serving("serve", env=server_env(data_dir=pg_data_dir), logs=tmp_path / "logs") as srv:
+    with harness_serve(env=server_env(data_dir=pg_data_dir), logs=tmp_path / "logs") as srv:
         with harness.connect(data_dir=pg_data_dir) as db:  # the server's lease keeps the cluster up
             db.ensure_party(CLIENT, USER)
         try:
@@ -261,7 +218,7 @@ def alive(procs: Sequence[psutil.Process]) -> list[psutil.Process]:
 
 @pytest.mark.slow
 def test_workers_exit_when_their_supervisor_is_killed(database: Database, tmp_path: Path) -> None:
-    with serving("serve", "--workers", "2", env=server_env(url=database.url), logs=tmp_path / "logs") as srv:
+    with harness_serve("--workers", "2", env=server_env(url=database.url), logs=tmp_path / "logs") as srv:
         supervisor = psutil.Process(srv.proc.pid)
         deadline = time.monotonic() + 30
         while len(workers := worker_processes(supervisor)) < 2:
@@ -317,7 +274,7 @@ def wait_closed(socks: list[socket.socket], deadline: float) -> dict[int, tuple[
 def test_slow_request_heads_are_closed_and_service_goes_on(database: Database, tmp_path: Path) -> None:
     read_timeout = 2.0
     partial = [b"", b"POST /tok", b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: appl"]
-    with serving("serve", "--read-timeout", str(read_timeout), env=server_env(url=database.url),
+    with harness_serve("--read-timeout", str(read_timeout), env=server_env(url=database.url),
                  logs=tmp_path / "logs") as srv:
         socks = []
         try:
@@ -375,7 +332,7 @@ def trickle(sock: socket.socket, head: bytes, drip: bytes, limit_s: float) -> tu
 @pytest.mark.slow
 def test_trickling_heads_and_bodies_are_cut(database: Database, tmp_path: Path) -> None:
     read_timeout = 2.0
-    with serving("serve", "--read-timeout", str(read_timeout), env=server_env(url=database.url),
+    with harness_serve("--read-timeout", str(read_timeout), env=server_env(url=database.url),
                  logs=tmp_path / "logs") as srv:
         head = (b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                 b"Content-Length: 400\r\n\r\ngrant_type=")
