@@ -24,6 +24,20 @@ to the workers in a Locust message. The users redeem it at the description's tok
 authenticated as its client; a win records the fingerprint of the access token
 it got, and the checker counts distinct token sets per code. The only rows
 written are the harness's own ledger rows, removed after the verdict.
+
+``RefreshUser`` races refresh tokens instead (RFC 6749 §6, rotation and reuse
+detection, RFC 9700 §4.14.2): the master seeds one fresh refresh token per slot
+through the target (it stores slot *i*'s code and exchanges it) and sends it to
+the workers as it sends minted codes; every user presents that token at the
+slot's instant. The verdict: at most one refresh per token (distinct new
+tokens). Reported beside it: whether reuse detection then revoked the family,
+from a probe that presents each winner's new token once the slot is over.
+
+Where the verdict shows: the web UI's "Single winner" tab (live while the run
+goes, then the verdict), ``/claimcheck/verdict``, the ``--html`` report, Locust's
+failures (one ``CHECK single-winner: double win`` per code won twice, so the
+failure ratio is not 0 %), the ``--csv`` files (rewritten after the judge, so
+their wins are the verdict's), and the terminal, after Locust's final table.
 See the README, "Load testing with Locust".
 """
 
@@ -31,12 +45,14 @@ See the README, "Load testing with Locust".
 import locust  # isort: skip
 from locust import FastHttpUser, User, events, task  # isort: skip
 from locust.env import Environment  # isort: skip
-from locust.runners import MasterRunner, WorkerRunner  # isort: skip
+from locust.runners import STATE_MISSING, STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner  # isort: skip
 from locust.user.users import LOCUST_STATE_STOPPING  # isort: skip
 
 import argparse
 import base64
 import bisect
+import collections
+import csv
 import hashlib
 import itertools
 import json
@@ -48,6 +64,7 @@ import socket
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -55,26 +72,37 @@ from urllib.parse import urlencode, urlsplit
 import gevent
 import gevent.event
 import psycopg
+from locust import stats as locust_stats
+from locust.html import get_html_report, process_html_filename
 
-from harness.database import Database, connect
+from harness.database import Database, connect, describe_target
 from harness.embedded import EmbeddedServer
 from harness.errors import IndeterminateError, RemoteOAuthError, SetupError, ValidationError
 from harness.history import classify
 from harness.ledger import (
     EXIT_INCONCLUSIVE,
     EXIT_VIOLATED,
+    PROBE_RACER,
     Attempt,
+    LiveTally,
     Outcome,
+    Race,
     Win,
     check,
     code_digest,
     exit_status,
+    inject_report,
     mark_worker,
+    read_probes,
     read_run,
     record_win,
     render,
+    render_reuse,
+    reuse_report,
     to_json,
     token_outcome,
+    verdict_html,
+    verdict_rows,
     worker_states,
     write_attempts,
 )
@@ -123,6 +151,20 @@ MINTERS = int(os.environ.get("HARNESS_MINTERS", "2"))
 MINT_BACKOFF_S = 0.5
 #: Locust messages: minted codes, master → workers; a worker's setup error, worker → master.
 CODES_MESSAGE, WORKER_ERROR_MESSAGE = "claimcheck_codes", "claimcheck_worker_error"
+#: The key of this harness's data in a worker's stats report (Locust's ``report_to_master``).
+REPORT_KEY = "claimcheck"
+#: The web UI's extra tab (Locust's ``extended_tabs``) and the key of its rows in ``/stats/requests``.
+TAB_KEY = "single-winner"
+#: The Locust request (type, name) that counts a double win as a failure, per race.
+DOUBLE_WIN: dict[str, tuple[str, str, str]] = {
+    "code": ("CHECK", "single-winner: double win",
+             "a code was won more than once (see the single-winner verdict)"),
+    "refresh": ("CHECK", "single-winner: double refresh",
+                "a refresh token was refreshed more than once (see the single-winner verdict)"),
+}
+#: A refresh race: how long after a win its new token is presented again (the reuse probe). Every
+#: racer of the slot must be done by then: their reuse is what may revoke the family.
+REUSE_PROBE_DELAY_S = float(os.environ.get("HARNESS_REUSE_PROBE_DELAY_S", "1"))
 
 
 # -- the run: what every process must agree on ------------------------------------------------
@@ -141,6 +183,8 @@ class Run:
     #: own environment, so a client secret never travels in Locust's messages) and its client.
     endpoint: str = ""
     endpoint_client: str = ""
+    #: What is raced: ``code`` (DatabaseUser, TokenEndpointUser) or ``refresh`` (RefreshUser).
+    race: Race = "code"
 
     def slot_at(self, now_ns: int) -> int:
         return (now_ns - self.t0_ns) // self.slot_ns
@@ -179,6 +223,18 @@ def database_url() -> str | None:
     return Settings.from_env().database_url or EmbeddedServer(default_data_dir()).status().url
 
 
+def database_host(url: str) -> str:
+    """The database as a URL without user, password or options: what the web UI and report show."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://"
+    host, dbname = str(params.get("host") or "localhost"), str(params.get("dbname") or "")
+    if host.startswith("/"):  # a Unix socket directory (the embedded server), in libpq's URL form
+        return f"postgresql:///{dbname}?host={host}"
+    return f"postgresql://{describe_target(url)}"
+
+
 def worker_name(environment: Environment) -> str:
     if isinstance(environment.runner, WorkerRunner):
         return f"{socket.gethostname()}-{os.getpid()}"
@@ -201,8 +257,21 @@ class ProcessState:
     last_verdict: dict[str, Any] | None = None
     endpoint_target: str | None = None
     endpoint: "Endpoint | None" = None  # --endpoint: the server the HTTP users race, and its client
-    books: dict[str, "CodeBook"] = field(default_factory=dict)  # run id → its minted codes
-    minter: "Minter | None" = None  # master/local, --endpoint
+    books: dict[str, "CodeBook"] = field(default_factory=dict)  # run id → its minted codes (or tokens)
+    minter: "Minter | None" = None  # master/local, --endpoint or a refresh race
+    environment: Environment | None = None
+    #: master/local: the latest run as reported so far (the web UI's live tab), and its target.
+    live: LiveTally | None = None
+    live_target: str = "?"
+    #: worker: what its racers did since its last stats report (sent with it to the master).
+    outbox: dict[str, Any] = field(default_factory=dict)
+    prober: "Prober | None" = None  # every process with RefreshUsers, during a refresh race
+    #: master/local: each judged run's (status, verdict text), printed again when Locust quits.
+    verdicts: list[tuple[str, str]] = field(default_factory=list)
+    #: master: the workers whose last stats report (after their run stopped) has come in.
+    final_reports: set[str] = field(default_factory=set)
+    #: master/local: the codes of the latest run whose double win is a Locust failure already.
+    failed_codes: set[int] = field(default_factory=set)
 
 
 STATE = ProcessState()
@@ -306,25 +375,33 @@ class MintStats:
     first_failure: str | None = None
 
 
+#: What a minter does for one slot: return its (secret, verifier) or raise. A secret is a code
+#: (``--endpoint``: minted at the server's /authorize) or a refresh token (a refresh race).
+MintFn = Callable[[int], tuple[str, str]]
+
+
 class Minter:
-    """Master (or the single process): mints each slot's code ahead of it and hands it to the racers.
+    """Master (or the single process): mints each slot's code (or refresh token) ahead of it and
+    hands it to the racers.
 
     A few seconds of slots ahead at most (codes expire), at least ``MINT_LEAD_S`` ahead (the
     workers must have the code before their users pick the slot). A slot that cannot be minted
-    in time is skipped and counted, a refused or unanswered authorization request counted and
-    retried after a pause: never a crash, and the run goes on with the codes it has.
+    in time is skipped and counted, a refused or unanswered request counted and retried after
+    a pause: never a crash, and the run goes on with the codes it has. One greenlet per
+    function in ``mints`` (each, for ``--endpoint``, with a browser session of its own).
     """
 
-    def __init__(self, environment: Environment, run: Run, endpoint: Endpoint) -> None:
+    def __init__(self, environment: Environment, run: Run, mints: list[MintFn], *, what: str = "code",
+                 close: Callable[[], None] | None = None) -> None:
         self.environment = environment
         self.run = run
-        self.endpoint = endpoint
+        self.what = what
+        self._close = close
         self.ahead = max(2, math.ceil(MINT_LOOKAHEAD_S * 1e9 / run.slot_ns))
         self.lead_ns = lead_ns(run.slot_ns)
         self.next_slot = 0
         self.stats = MintStats()
-        self.targets = [HttpTarget(endpoint.description) for _ in range(max(1, MINTERS))]
-        self.greenlets = [gevent.spawn(self._loop, t) for t in self.targets]
+        self.greenlets = [gevent.spawn(self._loop, mint) for mint in mints]
 
     def _take(self) -> int | None:
         """The next slot to mint, skipping those too close to be delivered; ``None``: lookahead full."""
@@ -338,28 +415,26 @@ class Minter:
         self.next_slot += 1
         return self.next_slot - 1
 
-    def _loop(self, target: HttpTarget) -> None:
-        client = self.endpoint.client
+    def _loop(self, mint: MintFn) -> None:
         while True:
             slot = self._take()
             if slot is None:
                 gevent.sleep(self.run.slot_ns / 1e9)
                 continue
-            verifier, challenge, method = pkce_pair(self.endpoint.pkce)
             try:
-                code = target.mint_code(client.id, challenge=challenge, method=method)
+                secret, verifier = mint(slot)
             except Exception as exc:  # refused (ValidationError), unreachable (SetupError), anything
                 self.stats.failed += 1
                 if self.stats.first_failure is None:
                     self.stats.first_failure = f"{type(exc).__name__}: {getattr(exc, 'detail', exc)}"
-                    log.error("could not mint a code: %s", self.stats.first_failure)
+                    log.error("could not mint a %s: %s", self.what, self.stats.first_failure)
                 gevent.sleep(MINT_BACKOFF_S)
                 continue
             if self.run.slot_start(slot) - time.time_ns() < self.lead_ns // 2:
                 self.stats.skipped += 1  # minted too late to reach every racer before its slot
                 continue
             self.stats.minted += 1
-            self._deliver(slot, code, verifier)
+            self._deliver(slot, secret, verifier)
 
     def _deliver(self, slot: int, code: str, verifier: str) -> None:
         runner = self.environment.runner
@@ -372,9 +447,45 @@ class Minter:
 
     def stop(self) -> MintStats:
         gevent.killall(self.greenlets, block=True, timeout=5)
-        for target in self.targets:
-            target.close()
+        if self._close is not None:
+            self._close()
         return self.stats
+
+
+def endpoint_minter(environment: Environment, run: Run, endpoint: Endpoint) -> Minter:
+    """``--endpoint``: codes minted at the described server's /authorize, a fresh PKCE pair each."""
+    targets = [HttpTarget(endpoint.description) for _ in range(max(1, MINTERS))]
+
+    def minting_with(target: HttpTarget) -> MintFn:
+        def mint(slot: int) -> tuple[str, str]:
+            verifier, challenge, method = pkce_pair(endpoint.pkce)
+            return target.mint_code(endpoint.client.id, challenge=challenge, method=method), verifier
+        return mint
+
+    def close() -> None:
+        for target in targets:
+            target.close()
+
+    return Minter(environment, run, [minting_with(t) for t in targets], close=close)
+
+
+def refresh_minter(environment: Environment, run: Run, spec: str) -> Minter:
+    """A refresh race: slot *i*'s refresh token, issued through the target for slot *i*'s code.
+
+    Through the target's own grant (store the code, exchange it), not an INSERT of ours: the
+    token then has the family, the link to its code and the digest the target itself gives.
+    """
+    assert STATE.db is not None
+    target = load_target(spec, STATE.db)
+
+    def mint(slot: int) -> tuple[str, str]:
+        code = run.code(slot)
+        target.store_authorization_code(AuthCodeParams(
+            code=code, client_id=run.client_id, user_id=run.user_id, redirect_uri=REDIRECT_URI,
+            scope="openid"))
+        return str(target.exchange_code(code, run.client_id, REDIRECT_URI).refresh_token), ""
+
+    return Minter(environment, run, [mint] * max(1, MINTERS), what="refresh token")
 
 
 def lead_ns(slot_ns: int) -> int:
@@ -458,6 +569,7 @@ def _fail_setup(message: str) -> None:
 
 @events.init.add_listener
 def _init(environment: Environment, **_: Any) -> None:
+    STATE.environment = environment
     options = environment.parsed_options
     if options is None:
         return
@@ -472,12 +584,16 @@ def _init(environment: Environment, **_: Any) -> None:
                     "needs the server's pepper; an --endpoint run needs none)")
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message(WORKER_ERROR_MESSAGE, _receive_worker_error)
+        _quit_after_the_workers_last_stats(environment.runner)
     # HARNESS_TARGET= (set but empty) means "not set", as everywhere else in the harness.
     options.target = options.target or DEFAULT_TARGET
+    classes = environment.user_classes
+    if (not options.endpoint and any(issubclass(c, RefreshUser) for c in classes)
+            and any(not issubclass(c, RefreshUser) for c in classes)):
+        # Its slots are refresh tokens, theirs codes: one run, one ledger, one kind of slot.
+        _fail_setup("RefreshUser races refresh tokens on a slot clock of its own: name it alone")
     if environment.web_ui is not None and environment.web_ui.app is not None:
-        @environment.web_ui.app.route("/claimcheck/verdict")
-        def _verdict() -> dict[str, Any]:
-            return STATE.last_verdict or {"status": "no run judged yet"}
+        _extend_web_ui(environment)
     if options.endpoint:
         _init_endpoint(environment, options)
         return
@@ -490,7 +606,12 @@ def _init(environment: Environment, **_: Any) -> None:
         load_target(options.target, STATE.db)
     except SetupError as exc:
         _fail_setup(str(exc))
-    if any(issubclass(c, DatabaseUser) for c in environment.user_classes):
+    # Users that need no host: without one, Locust's web UI warns "no host attribute set" on its
+    # start page. Where the load goes, without user or password, is also what its report shows.
+    assert STATE.db is not None
+    for user_class in (DatabaseUser, RefreshUser):
+        user_class.host = database_host(STATE.db.url)
+    if any(issubclass(c, DatabaseUser | RefreshUser) for c in environment.user_classes):
         # Said before anything runs, so a negative control that is not applied is seen at once.
         print(f"claimcheck: target {options.target} ({target_source(options.target)})", flush=True)
     if any(issubclass(c, TokenEndpointUser) for c in environment.user_classes):
@@ -506,6 +627,33 @@ def _init(environment: Environment, **_: Any) -> None:
                         "start it with `harness serve`")
         print(f"claimcheck: HTTP users race the target {host} serves: {STATE.endpoint_target}",
               flush=True)
+
+
+def _quit_after_the_workers_last_stats(runner: MasterRunner) -> None:
+    """Master: at --run-time (headless), quit the workers, and wait for their last stats, then quit.
+
+    Locust's master sends "quit" and waits 0.5 s: a worker's last stats come after its users,
+    its probes and its last batch are done, and those that came later were missing from the
+    master's table and CSV (a refresh race's probes take a second). Here each worker's
+    ``_test_stop`` marks its last report (``final``), and the master waits for it (or for the
+    worker to be gone) before Locust's own quit.
+    """
+    quit_now = runner.quit
+
+    def quit_after_last_stats() -> None:
+        if runner.state in (STATE_SPAWNING, STATE_RUNNING):
+            waiting = {c.id for c in runner.clients.all if c.state != STATE_MISSING}
+            STATE.final_reports.difference_update(waiting)
+            for client_id in waiting:
+                runner.send_message("quit", None, client_id)
+            deadline = time.monotonic() + WORKER_REPORT_TIMEOUT_S
+            while waiting and time.monotonic() < deadline:
+                gevent.sleep(0.1)
+                waiting = {i for i in waiting if i not in STATE.final_reports and i in runner.clients
+                           and runner.clients[i].state != STATE_MISSING}
+        quit_now()
+
+    runner.quit = quit_after_last_stats  # type: ignore[method-assign]  # this runner's, on purpose
 
 
 def _init_endpoint(environment: Environment, options: Any) -> None:
@@ -658,23 +806,48 @@ class Racer:
         self.last_slot = slot
         return run, slot
 
+    def claim_booked(self) -> tuple[Run, int, str, str] | None:
+        """Sleep to the next slot whose secret this process holds (a code minted, a refresh token
+        issued, by the master) and claim it: ``(run, slot, secret, verifier)``, ``None``: nothing."""
+        run = STATE.run
+        book = STATE.books.get(run.run_id) if run is not None else None
+        if run is None or book is None or STATE.recorder is None:
+            gevent.sleep(0.05)
+            return None
+        now_slot = run.slot_at(time.time_ns())
+        if book.slots and book.slots[0] < now_slot - 64:
+            book.forget_before(now_slot)
+        earliest = max(self.last_slot + 1, now_slot + 1)
+        slot = book.first_from(earliest)
+        if slot is None:  # nothing minted that far ahead (yet): look again at the next slot
+            gevent.sleep(max(0.001, (run.slot_start(earliest) - time.time_ns()) / 1e9))
+            return None
+        gevent.sleep(max(0.0, (run.slot_start(slot) - time.time_ns()) / 1e9))
+        if getattr(self, "_state", None) == LOCUST_STATE_STOPPING or STATE.run is not run:
+            return None
+        self.last_slot = slot
+        pair = book.codes.get(slot)
+        if pair is None:
+            return None
+        return run, slot, pair[0], pair[1]
+
     def settle(self, run: Run, slot: int, outcome: Outcome, started_ns: int, detail: str | None,
-               kind: str, exc: BaseException | None, *, code: str | None = None,
-               token: str | None = None) -> None:
-        """Record an attempt. ``code``: a minted code (``--endpoint``), ``token``: the set a win got."""
+               kind: str, exc: BaseException | None, *, code_hash: str | None = None,
+               token: str | None = None, verb: str = "exchange") -> None:
+        """Record an attempt. ``code_hash``: what the ledger keys the slot's secret by (default: the
+        seeded code's at-rest digest); ``token``: the fingerprint of the token set a win got."""
         finished_ns = time.time_ns()
         recorder = STATE.recorder
         worker = recorder.worker if recorder is not None else worker_name(self.environment)
         winner = f"{worker}/{self.racer_id}"
-        batched: Attempt | None = Attempt(worker, self.racer_id, slot, outcome, started_ns,
-                                          finished_ns, detail, token)
+        attempt = Attempt(worker, self.racer_id, slot, outcome, started_ns, finished_ns, detail, token)
+        batched: Attempt | None = attempt
         if outcome == "won":
-            # A minted code has no at-rest digest of ours (the server's pepper is its own): the
-            # ledger keeps its fingerprint. Its win goes with its attempt row (and so its token)
-            # in one transaction, so a killed worker cannot leave a win without its token set.
-            code_hash = (fingerprint(code) if code is not None
-                         else code_digest(run.code(slot), _pepper()))
-            at_once = batched if code is not None else None
+            if code_hash is None:
+                code_hash = code_digest(run.code(slot), _pepper())
+            # A win that knows its token set goes with its attempt row (the token) in one
+            # transaction, so a killed worker cannot leave a win without its token set.
+            at_once = attempt if token is not None else None
             try:
                 with self.ledger_db.write_pool.connection() as conn:
                     record_win(conn, run.run_id, Win(slot, code_hash, winner, started_ns, finished_ns),
@@ -689,9 +862,10 @@ class Racer:
                         recorder.total += 1
         if batched is not None and recorder is not None and recorder.run is run:
             recorder.add(batched)
+        _report_live(self.environment, run, attempt)
         if kind == "DB":
             self.environment.events.request.fire(
-                request_type="DB", name=f"exchange: {outcome}",
+                request_type="DB", name=f"{verb}: {outcome}",
                 response_time=(finished_ns - started_ns) / 1e6, response_length=0,
                 exception=exc, context={})
 
@@ -730,6 +904,114 @@ class DatabaseUser(Racer, User):
         self.settle(run, slot, "won", started, None, "DB", None)
 
 
+class RefreshUser(Racer, User):
+    """Races refreshes of one refresh token per slot through the target's repository (RFC 6749 §6).
+
+    The master issues each slot's token through the target and sends it to every process; all
+    users present it at the slot's instant. Rotation means one refresh per token: the verdict
+    counts distinct new refresh tokens per slot. Every racer but the first presented a used
+    token, so a server that detects reuse revokes the family (RFC 9700 §4.14.2): a probe
+    presents each winner's new token again once the slot is over (``Prober``), and says.
+    """
+
+    def on_start(self) -> None:
+        super().on_start()
+        options = self.environment.parsed_options
+        self.target = load_target(options.target if options else None, self.ledger_db)
+
+    @task
+    def refresh(self) -> None:
+        claimed = self.claim_booked()
+        if claimed is None:
+            return
+        run, slot, token, _ = claimed
+        # The presented token's at-rest digest: the ledger row joins oauth_refresh_tokens.token_id.
+        presented = code_digest(token, _pepper())
+        started = time.time_ns()
+        try:
+            tokens = self.target.refresh(token, run.client_id)
+        except Exception as exc:  # every outcome is recorded: lost (definite) or error (unknown)
+            op_type, reason = classify(exc)
+            outcome: Outcome = "lost" if op_type == "fail" else "error"
+            self.settle(run, slot, outcome, started, reason, "DB", exc if outcome == "error" else None,
+                        code_hash=presented, verb="refresh")
+            return
+        new_token = str(tokens.refresh_token)
+        # The win's token set is the new refresh token it got: two distinct ones for one slot are
+        # two refreshes of one token, whatever the access tokens.
+        self.settle(run, slot, "won", started, None, "DB", None, code_hash=presented,
+                    token=fingerprint(new_token), verb="refresh")
+        if STATE.prober is not None:
+            STATE.prober.schedule(run, slot, new_token)
+
+
+class Prober:
+    """A refresh race, in every process that races: presents each winner's new refresh token once more.
+
+    ``REUSE_PROBE_DELAY_S`` after the win (every racer of the slot is done by then: their reuse
+    is what may revoke the family), through the target's own refresh grant. Refused: the family
+    was revoked, as RFC 9700 §4.14.2 asks of a server that detects reuse; accepted: the new
+    token outlived it. The probe is a row of the racer ``PROBE_RACER`` in the attempts ledger
+    (``read_run`` leaves it out of the race), and a Locust request ``reuse probe: …``.
+    """
+
+    def __init__(self, environment: Environment, url: str, run: Run, spec: str) -> None:
+        self.environment = environment
+        self.run = run
+        self.delay_ns = int(max(REUSE_PROBE_DELAY_S * 1e9, 4 * run.slot_ns))
+        self.db = Database(url, pool_size=1)
+        self.target = load_target(spec, self.db)
+        self.queue: collections.deque[tuple[int, int, str]] = collections.deque()  # (due, slot, token)
+        self.probing = False  # a probe taken off the queue, not recorded yet
+        self.greenlet = gevent.spawn(self._loop)
+
+    def schedule(self, run: Run, slot: int, new_token: str) -> None:
+        if run is self.run:
+            self.queue.append((time.time_ns() + self.delay_ns, slot, new_token))
+
+    def _loop(self) -> None:
+        while True:
+            if not self.queue or self.queue[0][0] > time.time_ns():
+                gevent.sleep(0.05)
+                continue
+            self.probing = True
+            _, slot, token = self.queue.popleft()
+            try:
+                self._probe(slot, token)
+            finally:
+                self.probing = False
+
+    def _probe(self, slot: int, token: str) -> None:
+        started = time.time_ns()
+        outcome: Outcome
+        try:
+            self.target.refresh(token, self.run.client_id)
+            outcome, detail, exc = "won", "new token accepted: the family outlived the reuse", None
+        except Exception as err:
+            op_type, reason = classify(err)
+            outcome, detail = ("lost", reason) if op_type == "fail" else ("error", reason)
+            exc = err if outcome == "error" else None
+        finished = time.time_ns()
+        recorder = STATE.recorder
+        worker = recorder.worker if recorder is not None else worker_name(self.environment)
+        if recorder is not None and recorder.run is self.run:
+            recorder.add(Attempt(worker, PROBE_RACER, slot, outcome, started, finished, detail))
+        _report_probe(self.environment, self.run, outcome)
+        name = {"won": "new token accepted (family alive)", "lost": "new token refused (family revoked)",
+                "error": "error"}[outcome]
+        self.environment.events.request.fire(
+            request_type="DB", name=f"reuse probe: {name}", response_time=(finished - started) / 1e6,
+            response_length=0, exception=exc, context={})
+
+    def finish(self) -> None:
+        """Probe what is due within the delay (the last slots' winners), then stop."""
+        deadline = time.monotonic() + self.delay_ns / 1e9 + 10
+        while (self.queue or self.probing) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        self.greenlet.kill(block=True, timeout=5)
+        self.db.close()
+
+
 FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
 
 
@@ -747,27 +1029,12 @@ class TokenEndpointUser(Racer, FastHttpUser):
 
     def claim_minted(self) -> tuple[Run, int, str, str, Endpoint] | None:
         """Sleep to the next slot that has a minted code and claim it (``None``: nothing to claim)."""
-        run, endpoint = STATE.run, STATE.endpoint
-        book = STATE.books.get(run.run_id) if run is not None else None
-        if run is None or endpoint is None or book is None or STATE.recorder is None:
+        endpoint = STATE.endpoint
+        if endpoint is None:
             gevent.sleep(0.05)
             return None
-        now_slot = run.slot_at(time.time_ns())
-        if book.slots and book.slots[0] < now_slot - 64:
-            book.forget_before(now_slot)
-        earliest = max(self.last_slot + 1, now_slot + 1)
-        slot = book.first_from(earliest)
-        if slot is None:  # nothing minted that far ahead (yet): look again at the next slot
-            gevent.sleep(max(0.001, (run.slot_start(earliest) - time.time_ns()) / 1e9))
-            return None
-        gevent.sleep(max(0.0, (run.slot_start(slot) - time.time_ns()) / 1e9))
-        if getattr(self, "_state", None) == LOCUST_STATE_STOPPING or STATE.run is not run:
-            return None
-        self.last_slot = slot
-        pair = book.codes.get(slot)
-        if pair is None:
-            return None
-        return run, slot, pair[0], pair[1], endpoint
+        claimed = self.claim_booked()
+        return None if claimed is None else (*claimed, endpoint)
 
     def exchange_minted(self) -> None:
         claimed = self.claim_minted()
@@ -794,7 +1061,10 @@ class TokenEndpointUser(Racer, FastHttpUser):
                 resp.failure(detail)
             else:
                 resp.success()
-        self.settle(run, slot, outcome, started, detail, "HTTP", None, code=code, token=token)
+        # A minted code has no at-rest digest of ours (the server's pepper is its own): the ledger
+        # keeps its fingerprint.
+        self.settle(run, slot, outcome, started, detail, "HTTP", None, code_hash=fingerprint(code),
+                    token=token)
 
     def exchange_seeded(self) -> None:
         claimed = self.claim_slot()
@@ -864,20 +1134,48 @@ def _start_run(options: Any) -> Run:
     first = ahead + math.ceil(options.run_time * 1e9 / slot_ns) if options.run_time else ahead
     target = STATE.endpoint_target or options.target
     provisional = Run(new_run_id(), secrets.token_hex(16), 0, slot_ns, target)
-    assert STATE.db is not None
-    # Registered before the first INSERT, so whatever happens next, quitting deletes the rows.
-    scope = RunScope(STATE.db, "locust", run_id=provisional.run_id)
-    STATE.scope = scope
-    STATE.unclean.append(scope)
-    if (scope.name(CLIENT_LABEL), scope.name(USER_LABEL)) != (provisional.client_id, provisional.user_id):
-        raise SetupError("the run's names differ from its scope's; its rows could not be removed")
-    scope.party(CLIENT_LABEL, USER_LABEL)
+    _open_scope(provisional)
     STATE.seeded = 0
     _seed(provisional, first, options.target)
     run = Run(provisional.run_id, provisional.seed, time.time_ns(), slot_ns, target)
     STATE.seeder = gevent.spawn(_seeder, run, ahead, options.target)
     log.info("run %s: target %s, a new hot code every %s ms, %d codes stored",
              run.run_id, target, options.slot_ms, first)
+    return run
+
+
+def _open_scope(run: Run) -> RunScope:
+    """Master/local: the run's scope, then its client and user (``cc-<run id>-racer``, ``-user``)."""
+    assert STATE.db is not None
+    # Registered before the first INSERT, so whatever happens next, quitting deletes the rows.
+    scope = RunScope(STATE.db, "locust", run_id=run.run_id)
+    STATE.scope = scope
+    STATE.unclean.append(scope)
+    if (scope.name(CLIENT_LABEL), scope.name(USER_LABEL)) != (run.client_id, run.user_id):
+        raise SetupError("the run's names differ from its scope's; its rows could not be removed")
+    scope.party(CLIENT_LABEL, USER_LABEL)
+    return scope
+
+
+def _start_refresh_run(environment: Environment, options: Any) -> Run:
+    """Master/local, a refresh race: open the run's scope and start issuing the slots' refresh tokens.
+
+    Each slot's token is issued through the target (``refresh_minter``) a few seconds ahead at
+    most and sent to every process, as ``--endpoint`` sends minted codes: unlike a code, a new
+    refresh token is the server's random value, which no worker can derive from a seed. Slot 0
+    starts a lead (and a slot) from now, so the first tokens can reach every racer before it.
+    """
+    try:
+        slot_ns = int(slot_ms(str(options.slot_ms)) * 1e6)
+    except argparse.ArgumentTypeError as exc:
+        raise SetupError(f"--slot-ms {exc}") from None
+    run = Run(new_run_id(), secrets.token_hex(16), time.time_ns() + lead_ns(slot_ns) + slot_ns, slot_ns,
+              options.target, race="refresh")
+    _open_scope(run)
+    STATE.books = {}
+    STATE.minter = refresh_minter(environment, run, options.target)
+    log.info("run %s: target %s, a new hot refresh token every %s ms, issued up to %d slots ahead",
+             run.run_id, run.target, options.slot_ms, STATE.minter.ahead)
     return run
 
 
@@ -903,7 +1201,7 @@ def _start_endpoint_run(environment: Environment, options: Any) -> Run:
     run = Run(run_id, "", time.time_ns() + lead_ns(slot_ns) + slot_ns, slot_ns, endpoint.description.name,
               endpoint=str(endpoint.description.path), endpoint_client=endpoint.client.id)
     STATE.books = {}
-    STATE.minter = Minter(environment, run, endpoint)
+    STATE.minter = endpoint_minter(environment, run, endpoint)
     log.info("run %s: endpoint %s, a new hot code every %s ms, minted up to %d slots ahead",
              run.run_id, run.target, options.slot_ms, STATE.minter.ahead)
     return run
@@ -946,9 +1244,12 @@ def _test_start(environment: Environment, **_: Any) -> None:
         if not _worker_ready(environment, run):
             return  # no run, no recorder: its users idle
         STATE.run = run
+        STATE.outbox = {"run_id": run.run_id, "attempts": [], "probes": []}
     else:
+        refresh = any(issubclass(c, RefreshUser) for c in environment.user_classes)
         try:
             STATE.run = (_start_endpoint_run(environment, options) if STATE.endpoint is not None
+                         else _start_refresh_run(environment, options) if refresh
                          else _start_run(options))
         except (SetupError, psycopg.Error) as exc:
             # The users idle without a run; the end says nothing was judged (exit 2). Whatever
@@ -960,10 +1261,16 @@ def _test_start(environment: Environment, **_: Any) -> None:
             return
         # The workers receive these with the spawn message (Locust forwards custom options).
         vars(options).update(STATE.run.options())
+        STATE.live = LiveTally(STATE.run.run_id, STATE.run.race)
+        STATE.live_target = STATE.run.target
+        STATE.failed_codes = set()
+        STATE.final_reports = set()
     if not isinstance(environment.runner, MasterRunner):
         url = database_url()
         assert url is not None
         STATE.recorder = Recorder(url, STATE.run, worker_name(environment))
+        if STATE.run.race == "refresh":
+            STATE.prober = Prober(environment, url, STATE.run, options.target)
 
 
 @events.test_stopping.add_listener
@@ -975,6 +1282,13 @@ def _test_stopping(environment: Environment, **_: Any) -> None:
 
 @events.test_stop.add_listener
 def _test_stop(environment: Environment, **_: Any) -> None:
+    minted = None
+    if STATE.minter is not None and not isinstance(environment.runner, WorkerRunner):
+        minter, STATE.minter = STATE.minter, None
+        minted = minter.stop()
+    if STATE.prober is not None:  # before the recorder's last batch: the probes go in it
+        prober, STATE.prober = STATE.prober, None
+        prober.finish()
     if STATE.recorder is not None:
         recorder, STATE.recorder = STATE.recorder, None
         try:
@@ -983,14 +1297,16 @@ def _test_stop(environment: Environment, **_: Any) -> None:
             log.error("could not write the last attempts: %s", type(exc).__name__)
     if isinstance(environment.runner, WorkerRunner):
         STATE.books = {}
+        # The stats of the run's last moments now, marked as the last: the master waits for them
+        # before it quits (Locust would send them every 3 s, or after "quit" and too late).
+        STATE.outbox["final"] = True
+        send_stats = getattr(environment.runner, "_send_stats", None)
+        if callable(send_stats):
+            send_stats()
         return
     if STATE.seeder is not None:
         STATE.seeder.kill(block=False)
         STATE.seeder = None
-    minted = None
-    if STATE.minter is not None:
-        minter, STATE.minter = STATE.minter, None
-        minted = minter.stop()
     STATE.books = {}  # the codes of a finished run: dead weight, and secrets
     run, STATE.run = STATE.run, None
     scope, STATE.scope = STATE.scope, None
@@ -1025,31 +1341,43 @@ def _judge_run(environment: Environment, run: Run, minted: MintStats | None = No
                     break
                 gevent.sleep(0.2)
             wins, attempts = read_run(conn, run.run_id)
+            probes = read_probes(conn, run.run_id) if run.race == "refresh" else []
     except psycopg.Error as exc:
-        print(f"single-winner verdict (target {run.target}, run {run.run_id}): NOT JUDGED: cannot "
-              f"read the ledger ({type(exc).__name__}: {str(exc).strip()[:200]})", flush=True)
+        reason = f"cannot read the ledger ({type(exc).__name__}: {str(exc).strip()[:200]})"
+        text = f"single-winner verdict (target {run.target}, run {run.run_id}): NOT JUDGED: {reason}"
+        STATE.last_verdict = {"run_id": run.run_id, "target": run.target, "status": "not judged",
+                              "reason": reason, "exit_status": EXIT_INCONCLUSIVE}
+        _announce(environment, "not judged", text)
         _set_exit(environment, EXIT_INCONCLUSIVE)
         return
     endpoint = STATE.endpoint if run.endpoint else None
     # A server that runs one request at a time serialises every race: a pass proves nothing there.
-    result = check(wins, attempts, unfinished_workers=unfinished,
+    result = check(wins, attempts, unfinished_workers=unfinished, race=run.race,
                    server_concurrency=endpoint.description.concurrency if endpoint else None)
     status = exit_status(result)
     _set_exit(environment, status)  # before anything below can fail: the verdict stands
+    _fire_missed_double_wins(environment, run, result.summary["double_won_codes"])
     text = render(result, target=run.target, run_id=run.run_id)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"race": run.race}
+    stats = minted or MintStats()
     if endpoint is not None:
-        stats = minted or MintStats()
         text += (f"\n  endpoint {endpoint.description.path}, client {endpoint.client.id}: codes "
                  f"minted ahead of their slots {stats.minted}  slots skipped (not minted in time) "
                  f"{stats.skipped}  mint failures {stats.failed}"
                  + (f" (first: {stats.first_failure})" if stats.first_failure else ""))
-        extra = {"endpoint": run.endpoint, "client": endpoint.client.id,
-                 "server_concurrency": endpoint.description.concurrency, "minting": asdict(stats)}
-    print(text, flush=True)
+        extra.update(endpoint=run.endpoint, client=endpoint.client.id,
+                     server_concurrency=endpoint.description.concurrency, minting=asdict(stats))
+    elif run.race == "refresh":
+        reuse = reuse_report(wins, attempts, probes)
+        text += ("\n" + render_reuse(reuse)
+                 + f"\n  refresh tokens issued through the target ahead of their slots {stats.minted}  "
+                   f"slots skipped (not issued in time) {stats.skipped}  issue failures {stats.failed}"
+                 + (f" (first: {stats.first_failure})" if stats.first_failure else ""))
+        extra.update(reuse_detection=reuse, seeding=asdict(stats))
     verdict = to_json(result, target=run.target, run_id=run.run_id, slot_ms=run.slot_ns / 1e6,
                       exit_status=status, **extra)
     STATE.last_verdict = json.loads(verdict)
+    _announce(environment, result.summary["status"], text)
     options = environment.parsed_options
     if options is not None and options.verdict_file:
         try:
@@ -1060,6 +1388,18 @@ def _judge_run(environment: Environment, run: Run, minted: MintStats | None = No
             print(f"claimcheck: error: cannot write --verdict-file {options.verdict_file}: {exc}",
                   flush=True)
             _set_exit(environment, EXIT_INCONCLUSIVE)
+
+
+def _announce(environment: Environment, status: str, text: str) -> None:
+    """Keep the verdict for the end, when Locust quits; with a web UI, print it now too.
+
+    Printed now, a headless run's verdict would scroll away above Locust's final table: it is
+    printed once, after that table (``_quit``). In the web UI every stop is a run, and its
+    terminal should say each run's verdict as it comes.
+    """
+    STATE.verdicts.append((status, text))
+    if environment.web_ui is not None:
+        print(text, flush=True)
 
 
 def _remove_rows(scope: RunScope) -> None:
@@ -1089,12 +1429,269 @@ def _quitting(environment: Environment, **_: Any) -> None:
     if STATE.judge is not None:
         STATE.judge.join(timeout=WORKER_REPORT_TIMEOUT_S + 30)
     if not STATE.statuses:
-        print("single-winner verdict: INCONCLUSIVE: no run was judged (nothing raced)", flush=True)
-        environment.process_exit_code = EXIT_INCONCLUSIVE
+        environment.process_exit_code = EXIT_INCONCLUSIVE  # said last, by _quit
     for scope in list(STATE.unclean):  # a run never judged (stopped before it was, or not started)
         _remove_rows(scope)
     if STATE.db is not None:
         STATE.db.close()  # releases the embedded server (stopped if this was its last user)
+    options = environment.parsed_options
+    if options is not None and options.html_file and environment.runner is not None:
+        # Locust wrote its report before this event, so before the verdict (the judge waits for
+        # the workers' last batches): written again now, with the verdict at its top.
+        _write_html_report(environment, options)
 
 
-__all__ = ["DatabaseUser", "TokenEndpointUser", "locust"]
+@events.quit.add_listener
+def _quit(exit_code: int, **_: Any) -> None:
+    """The very end (after Locust's final table): the CSV files once more, then the verdict, last."""
+    environment = STATE.environment
+    if environment is None or environment.runner is None or isinstance(environment.runner, WorkerRunner):
+        return
+    options = environment.parsed_options
+    if options is not None and options.csv_prefix:
+        _rewrite_csv(environment, options.csv_prefix)
+    # With --json, stdout is Locust's JSON (read by programs): the verdict goes to stderr then.
+    out = sys.stderr if options is not None and getattr(options, "json", False) else sys.stdout
+    sys.stderr.flush()  # Locust's table (stderr) before the verdict, when both go to one terminal
+    print(_final_block(exit_code), file=out, flush=True)
+
+
+def _final_block(exit_code: int) -> str:
+    if not STATE.verdicts:
+        return "single-winner verdict: INCONCLUSIVE: no run was judged (nothing raced)"
+    *earlier, (_, last) = STATE.verdicts
+    if last.count("\n") >= 8:  # its evidence pushed the verdict's first line up: it ends the block too
+        last += "\n" + last.partition("\n")[0]
+    if not earlier:
+        return last
+    # Several runs in one process (the web UI): each was printed when it was judged.
+    runs = ", ".join(status.upper() for status, _ in STATE.verdicts)
+    return (f"claimcheck: {len(STATE.verdicts)} runs judged in this process ({runs}); exit status "
+            f"{exit_code} (a violation in any run wins). The last one:\n{last}")
+
+
+# -- where the verdict shows: web UI tab, HTML report, Locust's failures, CSV ------------------------
+
+
+def _fire_double_wins(environment: Environment, race: str, count: int, response_time_ms: float = 0.0
+                      ) -> None:
+    """Count ``count`` double wins as Locust failures: a request of their own, failed.
+
+    Every exchange of a double win succeeded, as far as its racer could tell, so Locust's
+    failure table and ratio said 0 (0.00%) for a broken server. One failed ``CHECK`` request
+    per code won twice puts it there, in the failures CSV and in the HTML report. Its response
+    time is the exchange's that made the second win (0 when the judge found it).
+    """
+    request_type, name, message = DOUBLE_WIN[race]
+    for _ in range(count):
+        environment.events.request.fire(request_type=request_type, name=name,
+                                        response_time=response_time_ms, response_length=0,
+                                        exception=message, context={})
+
+
+def _fire_missed_double_wins(environment: Environment, run: Run, double_won: list[int]) -> None:
+    """The judge's double wins that are no Locust failure yet (a win only the ledger knew, a report
+    lost with its worker, stats reset): after this, one failure per double-won code, as judged."""
+    live = STATE.live
+    failed = STATE.failed_codes if live is not None and live.run_id == run.run_id else set()
+    missed = set(double_won) - failed
+    failed |= missed
+    _fire_double_wins(environment, run.race, len(missed))
+
+
+def _tally(a: Attempt) -> None:
+    """Master/local: an attempt, live; its code's second distinct win is a Locust failure at once."""
+    live, environment = STATE.live, STATE.environment
+    if live is not None and live.add(a) and environment is not None:
+        STATE.failed_codes.add(a.code_index)
+        _fire_double_wins(environment, live.race, 1, (a.finished_ns - a.started_ns) / 1e6)
+
+
+@events.reset_stats.add_listener
+def _reset_stats(**_: Any) -> None:
+    # The web UI's "Reset stats" drops the failures counted so far: the judge counts them again.
+    STATE.failed_codes.clear()
+
+
+def _report_live(environment: Environment, run: Run, a: Attempt) -> None:
+    """An attempt as it happens: tallied here (one process), or sent to the master with this
+    worker's next stats report (Locust's ``report_to_master``, every 3 s)."""
+    if isinstance(environment.runner, WorkerRunner):
+        if STATE.outbox.get("run_id") == run.run_id:
+            # The live tally needs no detail; the token (a fingerprint) tells wins apart.
+            STATE.outbox["attempts"].append(
+                [a.worker, a.racer, a.code_index, a.outcome, a.started_ns, a.finished_ns, None, a.token])
+    elif STATE.live is not None and STATE.live.run_id == run.run_id:
+        _tally(a)
+
+
+def _report_probe(environment: Environment, run: Run, outcome: str) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        if STATE.outbox.get("run_id") == run.run_id:
+            STATE.outbox["probes"].append(outcome)
+    elif STATE.live is not None and STATE.live.run_id == run.run_id:
+        STATE.live.add_probe(outcome)
+
+
+@events.report_to_master.add_listener
+def _report_to_master(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    box = STATE.outbox
+    if box.get("attempts") or box.get("probes") or box.get("final"):
+        data[REPORT_KEY] = box
+        STATE.outbox = {"run_id": box.get("run_id"), "attempts": [], "probes": []}
+
+
+@events.worker_report.add_listener
+def _worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    report = data.get(REPORT_KEY)
+    if report and report.get("final"):
+        STATE.final_reports.add(client_id)
+    live = STATE.live
+    # A late report of the run just stopped still counts: the tally is the latest run's until the
+    # next one starts.
+    if not report or live is None or report.get("run_id") != live.run_id:
+        return
+    for row in report.get("attempts", []):
+        _tally(Attempt(*row))
+    for outcome in report.get("probes", []):
+        live.add_probe(str(outcome))
+
+
+def _verdict_pending() -> bool:
+    """A run is on, or stopped and not judged yet."""
+    return STATE.run is not None or (STATE.judge is not None and not STATE.judge.ready())
+
+
+def _verdict_extra(verdict: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("exit status", f"{verdict.get('exit_status')} (0 holds, 1 violated, 2 nothing proven)")]
+    reuse = verdict.get("reuse_detection")
+    if reuse:
+        rows.append(("reuse detection (RFC 9700 §4.14.2)",
+                     f"after {reuse['reused']} raced refresh tokens: family revoked (the winner's new "
+                     f"token refused) {reuse['revoked']}, new token still accepted {reuse['alive']}, "
+                     f"not probed {reuse['not_probed']}"))
+    for key, label in (("minting", "codes minted ahead of their slots"),
+                       ("seeding", "refresh tokens issued ahead of their slots")):
+        stats = verdict.get(key)
+        if stats:
+            rows.append((label, f"{stats['minted']}, slots skipped {stats['skipped']}, "
+                                f"failures {stats['failed']}"))
+    unfinished = verdict.get("summary", {}).get("unfinished_workers")
+    if unfinished:
+        rows.append(("workers that never finished reporting", ", ".join(unfinished)))
+    return rows
+
+
+def _ui_rows() -> list[dict[str, str]]:
+    """The single-winner tab: the latest run as reported so far (or being judged), else its verdict."""
+    verdict, live = STATE.last_verdict, STATE.live
+    if live is not None and (verdict is None or verdict.get("run_id") != live.run_id):
+        summary = live.summary()
+        extra: list[tuple[str, str]] = []
+        if live.race == "refresh":
+            probes = summary["probes"]
+            extra.append(("reuse probes so far (a winner's new token presented again)",
+                          f"refused (family revoked) {probes.get('lost', 0)}, accepted (family alive) "
+                          f"{probes.get('won', 0)}, errors {probes.get('error', 0)}"))
+        running = STATE.run is not None and STATE.run.run_id == live.run_id
+        return verdict_rows(summary, state="live" if running else "judging", target=STATE.live_target,
+                            run_id=live.run_id, extra=extra)
+    if verdict is not None and "summary" in verdict:
+        return verdict_rows(verdict["summary"], state="judged", target=str(verdict.get("target")),
+                            run_id=str(verdict.get("run_id")), extra=_verdict_extra(verdict))
+    if verdict is not None:  # judged, but the ledger could not be read
+        return [{"name": "verdict", "value": f"NOT JUDGED: {verdict.get('reason')}"},
+                {"name": "target", "value": f"{verdict.get('target')} (run {verdict.get('run_id')})"}]
+    return [{"name": "verdict", "value": "no run yet: start one, its numbers show here as it goes"}]
+
+
+def _verdict_section() -> str:
+    """The verdict (or the run so far) as an HTML section for Locust's report."""
+    verdict, live = STATE.last_verdict, STATE.live
+    judged = verdict is not None and (live is None or verdict.get("run_id") == live.run_id)
+    if judged and verdict is not None and STATE.verdicts:
+        status = str(verdict.get("summary", {}).get("status", verdict.get("status")))
+        text = STATE.verdicts[-1][1]
+    elif live is not None:
+        status = "violated" if live.double else "running"
+        text = "Not judged yet: the numbers above are the racers' own reports so far."
+    else:
+        status, text = "none", "No run was judged."
+    return verdict_html(_ui_rows(), text, status=status)
+
+
+def _write_html_report(environment: Environment, options: Any) -> None:
+    try:
+        process_html_filename(options)  # as Locust does: {u}, {r}, {t} in the name (idempotent)
+        report = inject_report(get_html_report(environment, show_download_link=False), _verdict_section())
+        with open(options.html_file, "w", encoding="utf-8") as fh:
+            fh.write(report)
+    except OSError as exc:
+        print(f"claimcheck: error: cannot write the verdict into --html {options.html_file}: {exc}",
+              flush=True)
+
+
+def _rewrite_csv(environment: Environment, prefix: str) -> None:
+    """Write the ``--csv`` stats, failures and exceptions once more, from the final numbers.
+
+    Locust's writer rewrites them every second and stops at its last tick, not at the end: the
+    exchanges that finished after it (and the judge's double-win failures) were missing, so the
+    CSV's wins fell short of the verdict's (574 for 575). Called from ``quit``, after the judge
+    and right before Locust closes its own handles, which have nothing left to write then (its
+    writer flushes each file at every tick).
+    """
+    writer = locust_stats.StatsCSV(environment, locust_stats.PERCENTILES_TO_REPORT)
+    files: list[tuple[str, Callable[[Any], None]]] = [
+        ("_stats.csv", writer.requests_csv), ("_failures.csv", writer.failures_csv),
+        ("_exceptions.csv", writer.exceptions_csv)]
+    for suffix, write in files:
+        try:
+            with open(prefix + suffix, "w") as fh:  # as Locust opens them (its line ends)
+                write(csv.writer(fh))
+        except OSError as exc:
+            print(f"claimcheck: error: cannot write {prefix}{suffix}: {exc}", flush=True)
+
+
+def _extend_web_ui(environment: Environment) -> None:
+    """The verdict in the web UI: a "Single winner" tab, live while the run goes, then judged.
+
+    Locust's web UI (2.22 and later) renders a tab for each ``template_args["extended_tabs"]``
+    entry, as a table whose columns ``extended_tables`` gives and whose rows come with every
+    ``/stats/requests`` answer, under ``extended_stats`` (Locust's examples/extend_web_ui.py).
+    """
+    from flask import Response, request  # Locust's web UI is Flask; imported only where it runs
+
+    web_ui = environment.web_ui
+    assert web_ui is not None and web_ui.app is not None
+    app = web_ui.app
+    web_ui.template_args.update(
+        extended_tabs=[{"title": "Single winner", "key": TAB_KEY}],
+        extended_tables=[{"key": TAB_KEY, "structure": [{"key": "name", "title": "Single-winner invariant"},
+                                                        {"key": "value", "title": "Value"}]}],
+        extended_csv_files=[{"href": "./claimcheck/verdict",
+                             "title": "Download the single-winner verdict (JSON)"}],
+    )
+
+    @app.route("/claimcheck/verdict")
+    @web_ui.auth_required_if_enabled
+    def _verdict() -> dict[str, Any]:
+        return STATE.last_verdict or {"status": "no run judged yet"}
+
+    @app.after_request
+    def _with_verdict(response: Response) -> Response:
+        if request.path.endswith("/stats/requests") and response.status_code == 200 and response.is_json:
+            data = dict(response.get_json())
+            data["extended_stats"] = [{"key": TAB_KEY, "data": _ui_rows()}]
+            if _verdict_pending() and data.get("state") in ("stopping", "stopped", "cleanup"):
+                # The UI polls this only while a run spawns or runs, and the verdict comes after
+                # the stop (every worker's last batch, then the ledger): it shows the run as
+                # running until the verdict is in, or the tab would keep the live numbers.
+                data["state"] = "running"
+            # A new answer, not the one given: Locust caches and returns that one for 2 s.
+            return app.response_class(json.dumps(data), status=200, mimetype="application/json")
+        if request.path.endswith("/stats/report") and response.status_code == 200:
+            response.set_data(inject_report(response.get_data(as_text=True), _verdict_section()))
+        return response
+
+
+__all__ = ["DatabaseUser", "RefreshUser", "TokenEndpointUser", "locust"]

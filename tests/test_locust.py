@@ -1,7 +1,13 @@
-"""Locust for real: short headless runs (database, HTTP, distributed) judged by the ledger checker."""
+"""Locust for real: short headless runs (database, HTTP, distributed) judged by the ledger checker.
+
+Also where the verdict shows besides the terminal: Locust's failures (a double win is one), the
+``--csv`` files (their wins are the verdict's), the ``--html`` report; and the refresh race
+(``RefreshUser``). The web UI's tab: ``test_locust_ui.py``.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -19,7 +25,20 @@ import pytest
 from conftest import embedded_env, interrupt, row_counts
 
 from harness.database import Database, connect
-from harness.ledger import Attempt, Win, check, exit_status, render
+from harness.ledger import (
+    PROBE_RACER,
+    Attempt,
+    LiveTally,
+    Win,
+    check,
+    exit_status,
+    inject_report,
+    render,
+    render_reuse,
+    reuse_report,
+    verdict_html,
+    verdict_rows,
+)
 from harness.scope import PREFIX
 from harness.testing.plugin import throwaway_database
 
@@ -104,6 +123,78 @@ def test_checker_calls_a_run_without_overlap_inconclusive() -> None:
     assert check([], errors).summary["status"] == "inconclusive"
 
 
+def test_the_live_tally_agrees_with_the_checker() -> None:
+    """What the web UI shows live follows the verdict's rules: token sets, double wins, overlap."""
+    attempts = [_attempt(0, "won", 0, 10, "a"), _attempt(0, "lost", 1, 5, "b"),
+                _attempt(0, "lost", 12, 15, "c"), _attempt(1, "won", 20, 30, "a"),
+                _attempt(1, "won", 21, 31, "b"), _attempt(2, "lost", 40, 45, "a"),
+                _attempt(2, "won", 41, 50, "b")]
+    wins = [Win(0, "h0", "w/a", 0, 10), Win(1, "h1", "w/a", 20, 30), Win(1, "h1", "w/b", 21, 31),
+            Win(2, "h2", "w/b", 41, 50)]
+    live = LiveTally("run")
+    newly = [live.add(a) for a in attempts]
+    assert newly == [False, False, False, False, True, False, False]  # code 1's second win, once
+    judged, seen = check(wins, attempts).summary, live.summary()
+    for key in ("status", "wins", "losses", "errors", "attempts", "codes", "codes_won", "codes_raced",
+                "raced_fraction", "median_spread_us", "max_in_flight", "double_won", "double_won_codes"):
+        assert seen[key] == judged[key], key
+    # Over HTTP a win is its token set: two racers answered with one pair are one win.
+    shared = LiveTally("run")
+    for racer in ("a", "b"):
+        assert not shared.add(Attempt("w", racer, 5, "won", 0, 9, None, "sha256:t"))
+    assert (shared.summary()["wins"], shared.summary()["double_won"]) == (1, 0)
+
+
+def test_the_live_tally_forgets_old_starts_but_not_its_counts() -> None:
+    live = LiveTally("run", keep=4)
+    for code in range(10):
+        live.add(_attempt(code, "won", code * 100, code * 100 + 10, "a"))
+        live.add(_attempt(code, "lost", code * 100 + 1, code * 100 + 5, "b"))
+    # at the 8th code (index 7), the codes more than 4 behind it
+    assert sorted(i for i, c in live.codes.items() if c.starts is None) == [0, 1, 2]
+    s = live.summary()
+    assert (s["codes"], s["codes_raced"], s["wins"], s["max_in_flight"]) == (10, 10, 10, 2)
+    assert live.add(_attempt(0, "won", 2, 9, "c"))  # a late second win of a compacted code still counts
+    assert live.summary()["double_won_codes"] == [0]
+
+
+def test_the_reuse_report_says_whether_the_family_was_revoked() -> None:
+    """Per raced refresh token: every winner's new token refused (revoked), one accepted (alive)."""
+    attempts = [_attempt(0, "won", 0, 10, "a"), _attempt(0, "lost", 1, 5, "b"),
+                _attempt(1, "won", 20, 30, "a"), _attempt(1, "lost", 21, 25, "b"),
+                _attempt(2, "won", 40, 50, "a"), _attempt(2, "won", 41, 50, "b"),
+                _attempt(3, "won", 60, 70, "a"),  # presented once: no reuse, not counted
+                _attempt(4, "won", 80, 90, "a"), _attempt(4, "lost", 81, 85, "b")]
+    probes = [Attempt("w", PROBE_RACER, 0, "lost", 100, 101), Attempt("w", PROBE_RACER, 1, "won", 100, 101),
+              Attempt("w", PROBE_RACER, 2, "lost", 100, 101), Attempt("w", PROBE_RACER, 3, "won", 100, 101)]
+    report = reuse_report([], attempts, probes)
+    # code 2: two winners, one probe: not every winner's new token was seen refused
+    assert {k: report[k] for k in ("reused", "revoked", "alive", "not_probed", "alive_indices")} == {
+        "reused": 4, "revoked": 1, "alive": 1, "not_probed": 2, "alive_indices": [1]}
+    line = render_reuse(report)
+    assert "family revoked (the winner's new token refused) 1  new token still accepted 1" in line
+    refresh = check([], attempts[:6], race="refresh")
+    assert "VIOLATED: 1 refresh token(s) refreshed more than once" in render(refresh)
+    assert "double refresh: refresh token index 2 refreshed 2 times" in render(refresh)
+
+
+def test_the_verdict_as_tab_rows_and_as_a_report_section() -> None:
+    attempts = [_attempt(7, "won", 0, 10, "a"), _attempt(7, "won", 1, 12, "b<script>")]
+    result = check([], attempts)
+    rows = verdict_rows(result.summary, state="judged", target="naive", run_id="r1")
+    values = {r["name"]: r["value"] for r in rows}
+    assert values["verdict"] == "VIOLATED: 1 code(s) won more than once"
+    assert values["codes won more than once"] == "1: indices 7"
+    live = verdict_rows(result.summary, state="live")
+    assert live[0]["value"] == "VIOLATED so far: 1 code(s) won more than once"
+    section = verdict_html(rows, render(result), status="violated")
+    assert "<script>" not in section and "b&lt;script&gt;" in section  # escaped
+    report = '<html><script>var a=\'<div id="root"></div>\'</script><body><div id="root"></div></body></html>'
+    injected = inject_report(report, section)
+    assert injected.index(section) > injected.index("</script>")  # in the body, not in the script
+    assert injected.endswith('<div id="root"></div></body></html>')
+
+
 # -- Locust runs -------------------------------------------------------------------------------
 
 
@@ -122,19 +213,38 @@ def env(database: Database, pepper: str) -> dict[str, str]:
     return e
 
 
-def run_locust(env: dict[str, str], tmp_path: Path, *args: str,
-               timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
+def run_locust(env: dict[str, str], tmp_path: Path, *args: str, timeout: float = 120, merged: bool = False
+               ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
+    """A headless run; ``merged``: stderr (Locust's tables) into stdout, in the order written."""
     verdict = tmp_path / f"verdict-{time.monotonic_ns()}.json"
     proc = subprocess.run(
         [*LOCUST, "--headless", "--only-summary", "--verdict-file", str(verdict), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, env=env, text=True, timeout=timeout, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
     )
     data = json.loads(verdict.read_text()) if verdict.exists() else None
     return proc, data
 
 
 def explain(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{(proc.stderr or '')[-3000:]}"
+
+
+def csv_rows(path: Path) -> dict[str, dict[str, str]]:
+    """A Locust CSV (``_stats.csv``, ``_failures.csv``) by its Name column."""
+    with path.open(newline="") as fh:
+        return {row["Name"]: row for row in csv.DictReader(fh)}
+
+
+def assert_verdict_printed_last(output: str) -> None:
+    """The verdict comes after Locust's final tables: nothing but its own lines below its first."""
+    lines = output.rstrip().splitlines()
+    first = max(i for i, line in enumerate(lines) if line.startswith("single-winner verdict ("))
+    while first > 0 and lines[first - 1].startswith(("single-winner verdict (", "  ")):
+        first -= 1
+    tail = lines[first:]
+    assert "Response time percentiles" in "\n".join(lines[:first]), output[-3000:]
+    assert all(line.startswith(("single-winner verdict (", "  ")) for line in tail), tail
 
 
 def rows_of_run(db: Database, run_id: str) -> dict[str, int]:
@@ -187,8 +297,11 @@ def test_database_users_on_faithful_hold(env: dict[str, str], tmp_path: Path, da
 
 def test_database_users_on_naive_fail_and_name_the_codes(env: dict[str, str], tmp_path: Path,
                                                          database: Database) -> None:
+    """Exit 1, the codes named; and the double wins are Locust failures, in its table, its CSV and
+    its HTML report, and the verdict is the last thing printed."""
     proc, verdict = run_locust(env, tmp_path, "-u", "16", "-r", "16", "-t", f"{RUN_S}s",
-                               "--target", "naive", "DatabaseUser")
+                               "--target", "naive", "--csv", str(tmp_path / "run"),
+                               "--html", str(tmp_path / "run.html"), "DatabaseUser", merged=True)
     assert proc.returncode == 1, explain(proc)
     assert_no_rows_left(database, verdict)
     assert verdict is not None
@@ -199,6 +312,60 @@ def test_database_users_on_naive_fail_and_name_the_codes(env: dict[str, str], tm
     assert first["wins"] >= 2 and len(first["winners"]) >= 2
     assert f"double win: code index {first['code_index']} won" in proc.stdout
     assert "VIOLATED" in proc.stdout
+    assert_verdict_printed_last(proc.stdout)
+    # Locust's failures: one per double-won code, not "0 (0.00%)"
+    failures = csv_rows(tmp_path / "run_failures.csv")
+    assert int(failures["single-winner: double win"]["Occurrences"]) == s["double_won"], failures
+    stats = csv_rows(tmp_path / "run_stats.csv")
+    assert int(stats["single-winner: double win"]["Failure Count"]) == s["double_won"]
+    assert int(stats["Aggregated"]["Failure Count"]) == s["double_won"]
+    assert int(stats["exchange: won"]["Request Count"]) == s["wins"]  # the CSV counts the verdict's wins
+    table = proc.stdout.split("Response time percentiles")[0]
+    assert "CHECK    single-winner: double win" in table and "0(0.00%)" not in table.splitlines()[-2]
+    report = (tmp_path / "run.html").read_text()
+    assert 'id="claimcheck-verdict"' in report
+    assert f"VIOLATED: {s['double_won']} code(s) won more than once" in report
+    assert "single-winner: double win" in report  # Locust's own failures table, in the report
+
+
+@pytest.mark.parametrize("target", ["naive", "faithful", "hardened"])
+def test_refresh_users_race_one_refresh_token_per_slot(target: str, env: dict[str, str], tmp_path: Path,
+                                                       database: Database) -> None:
+    """RefreshUser: naive's non-atomic refresh claim refreshes a token twice (exit 1); faithful and
+    hardened hold. Reported beside it: hardened's reuse detection revokes the whole family, the
+    winner's new token included; faithful's may run before that new token is stored."""
+    proc, verdict = run_locust(env, tmp_path, "-u", "16", "-r", "16", "-t", f"{RUN_S}s", "--target", target,
+                               "--csv", str(tmp_path / "run"), "RefreshUser", merged=True)
+    assert verdict is not None, explain(proc)
+    s, reuse = verdict["summary"], verdict["reuse_detection"]
+    assert verdict["race"] == s["race"] == "refresh" and verdict["target"] == target
+    assert s["codes_raced"] > 0 and s["max_in_flight"] >= 2, s
+    assert verdict["seeding"]["minted"] >= s["codes"] > 0, verdict["seeding"]
+    assert reuse["reused"] > 0 and reuse["revoked"] + reuse["alive"] + reuse["not_probed"] == reuse["reused"]
+    stats = csv_rows(tmp_path / "run_stats.csv")
+    assert int(stats["refresh: won"]["Request Count"]) == s["attempts_won"]
+    assert "reuse detection (RFC 9700 §4.14.2)" in proc.stdout
+    assert_verdict_printed_last(proc.stdout)
+    assert_no_rows_left(database, verdict)  # the codes, refresh tokens (probes' too), ledger rows
+    print(f"\nRefreshUser on {target}: exit {proc.returncode}, {s['double_won']} of {s['codes']} tokens "
+          f"refreshed twice, {s['wins']} wins; reuse detection {reuse}")
+    if target == "naive":
+        assert proc.returncode == 1, explain(proc)
+        assert s["status"] == "violated" and s["double_won"] > 0
+        first = verdict["evidence"][0]
+        assert f"double refresh: refresh token index {first['code_index']} refreshed" in proc.stdout
+        failures = csv_rows(tmp_path / "run_failures.csv")
+        assert int(failures["single-winner: double refresh"]["Occurrences"]) == s["double_won"]
+        # naive's reuse detection deletes the presented token only: the new ones live on
+        assert reuse["alive"] > 0
+        return
+    assert proc.returncode == 0, explain(proc)
+    assert s["status"] == "holds" and s["wins"] == s["codes_won"], s  # one new token per token
+    assert "single-winner: double refresh" not in (tmp_path / "run_failures.csv").read_text()
+    if target == "hardened":
+        # consume and issue in one transaction, under the row's lock: every racer that comes
+        # after the winner tombstones the family, the new token included
+        assert reuse["revoked"] == reuse["reused"] and reuse["alive"] == 0, reuse
 
 
 def test_harness_target_beats_the_config_file(env: dict[str, str], tmp_path: Path) -> None:
@@ -231,6 +398,8 @@ def test_setup_errors_exit_2(env: dict[str, str], tmp_path: Path) -> None:
     assert proc.returncode == 2 and "unknown target" in proc.stderr, explain(proc)
     proc, _ = run_locust(env, tmp_path, "-t", "2s", "TokenEndpointUser", timeout=60)
     assert proc.returncode == 2 and "--host" in proc.stderr, explain(proc)
+    proc, _ = run_locust(env, tmp_path, "-t", "2s", "RefreshUser", "DatabaseUser", timeout=60)
+    assert proc.returncode == 2 and "RefreshUser races refresh tokens" in proc.stderr, explain(proc)
 
 
 @pytest.mark.parametrize("slot", ["nan", "inf", "-1", "0"])
@@ -353,9 +522,13 @@ def test_processes_2_counts_every_worker(env: dict[str, str], tmp_path: Path, da
     port = str(free_port())  # not Locust's default 5557: other runs may be using it
     proc, verdict = run_locust(env, tmp_path, "--processes", "2", "--master-bind-host", "127.0.0.1",
                                "--master-bind-port", port, "--master-port", port,
-                               "-u", "16", "-r", "16", "-t", f"{RUN_S}s", "DatabaseUser")
-    assert_every_worker_counted(assert_holds(proc, verdict), 2)
+                               "-u", "16", "-r", "16", "-t", f"{RUN_S}s", "--csv", str(tmp_path / "run"),
+                               "DatabaseUser")
+    s = assert_holds(proc, verdict)
+    assert_every_worker_counted(s, 2)
     assert_no_rows_left(database, verdict)
+    # The workers are stopped before they are quit: their last stats reach the master's CSV.
+    assert int(csv_rows(tmp_path / "run_stats.csv")["exchange: won"]["Request Count"]) == s["wins"]
 
 
 def test_master_and_two_workers(env: dict[str, str], tmp_path: Path, database: Database) -> None:
@@ -418,13 +591,23 @@ def test_a_worker_killed_mid_run_leaves_the_invariant_judged(env: dict[str, str]
 
 
 def test_csv_and_html_reports(env: dict[str, str], tmp_path: Path) -> None:
+    """The CSV is written after the judge: its wins and attempts are the verdict's (they were 574
+    for 575); the HTML report opens with the verdict; the verdict is printed last."""
     proc, verdict = run_locust(env, tmp_path, "-u", "8", "-r", "8", "-t", "2s",
                                "--csv", str(tmp_path / "run"), "--html", str(tmp_path / "run.html"),
-                               "DatabaseUser")
-    assert_holds(proc, verdict)
-    stats = (tmp_path / "run_stats.csv").read_text()
-    assert "exchange: won" in stats and "exchange: lost" in stats
-    assert "exchange: won" in (tmp_path / "run.html").read_text()
+                               "DatabaseUser", merged=True)
+    s = assert_holds(proc, verdict)
+    stats = csv_rows(tmp_path / "run_stats.csv")
+    assert int(stats["exchange: won"]["Request Count"]) == s["wins"]
+    assert int(stats["exchange: lost"]["Request Count"]) == s["losses"]
+    assert int(stats["Aggregated"]["Request Count"]) == s["attempts"]
+    assert int(stats["Aggregated"]["Failure Count"]) == 0
+    assert "single-winner: double win" not in (tmp_path / "run_failures.csv").read_text()
+    report = (tmp_path / "run.html").read_text()
+    assert "exchange: won" in report
+    assert 'id="claimcheck-verdict"' in report and "HOLDS: no code was won twice" in report
+    assert verdict is not None and f"(target faithful, run {verdict['run_id']})" in report  # the text
+    assert_verdict_printed_last(proc.stdout)
 
 
 def test_web_ui_run_is_judged_and_served(env: dict[str, str], tmp_path: Path, database: Database) -> None:

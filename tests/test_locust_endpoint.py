@@ -11,6 +11,7 @@ same server claiming its codes atomically (exit 0). Each run lasts a few seconds
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import secrets
@@ -184,7 +185,7 @@ def test_naive_harness_serve_is_caught_by_workers_fed_by_the_master(
                                    "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
                                    "--master-port", port, "-u", "16", "-r", "16", "-t", f"{RUN_S}s",
                                    "--endpoint", str(SERVE_TOML), "--endpoint-pkce", "none",
-                                   "TokenEndpointUser")
+                                   "--csv", str(tmp_path / "run"), "TokenEndpointUser")
     assert proc.returncode == 1, explain(proc)
     assert verdict is not None
     s = verdict["summary"]
@@ -198,6 +199,12 @@ def test_naive_harness_serve_is_caught_by_workers_fed_by_the_master(
     assert s["max_in_flight"] > 8 and not s["unfinished_workers"]  # racers of both in flight at once
     assert verdict["minting"]["minted"] >= s["codes"] > 0
     assert ledger_rows(database, verdict["run_id"]) == {}
+    # Locust's own numbers agree: every 200 (a token set, or one shared) in its CSV, written after
+    # the judge; and one failure per double-won code, from the master, whatever worker raced it.
+    with (tmp_path / "run_stats.csv").open(newline="") as fh:
+        stats = {row["Name"]: row for row in csv.DictReader(fh)}
+    assert int(stats["exchange: won"]["Request Count"]) == s["attempts_won"]
+    assert int(stats["single-winner: double win"]["Failure Count"]) == s["double_won"]
     print(f"\nharness serve naive, 16 users over 2 workers: {s['double_won']} of {s['codes']} codes "
           f"double-won, median start spread {s['median_spread_us']:.0f} µs, minting {verdict['minting']}")
 
