@@ -268,8 +268,10 @@ def cmd_test(extra: list[str]) -> int:
     return cmd_notebooks([]) or status
 
 
-NBVAL = ["--nbval", "notebooks/", "--nbval-sanitize-with", "notebooks/sanitize.cfg", "--nbval-current-env",
-         "-p", "no:cacheprovider"]
+#: Strict nbval over notebooks/. The session's database comes from the plugin harness.testing.nbval and
+#: the sanitiser from tests/nbval/: notebooks/ holds the notebooks alone.
+NBVAL = ["-p", "harness.testing.nbval", "--nbval", "notebooks/",
+         "--nbval-sanitize-with", "tests/nbval/sanitize.cfg", "--nbval-current-env", "-p", "no:cacheprovider"]
 
 
 def ensure_kernel() -> None:

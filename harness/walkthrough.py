@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import hashlib
 import hmac
+import itertools
 import os
 import re
 import secrets
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import pandas as pd
 from matplotlib.axes import Axes
@@ -72,11 +73,120 @@ def shorten_digests(frame: pd.DataFrame, n: int = SHORT) -> pd.DataFrame:
     return out
 
 
-def configure_display() -> None:
-    """Tables show whole values (digests are already short; a cut value could not be sanitised)."""
+def configure_display(*, align_text_left: bool = False) -> None:
+    """Tables show whole values (digests are already short; a cut value could not be sanitised).
+
+    With ``align_text_left``, every table the kernel shows as HTML (a ``DataFrame``
+    or a ``Styler``) has its text columns, text row labels and their headers
+    left-aligned, numbers staying right-aligned (``left_aligned_html``). The
+    plain-text form of a table is unchanged.
+    """
     pd.set_option("display.max_colwidth", None)
     pd.set_option("display.width", 160)
     pd.set_option("display.max_columns", 20)
+    if align_text_left:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            from pandas.io.formats.style import Styler
+
+            html = shell.display_formatter.formatters["text/html"]
+            html.for_type(pd.DataFrame, left_aligned_html)
+            html.for_type(Styler, left_aligned_html)
+
+
+_LEFT = "text-align: left;"
+_CELL = re.compile(r"<(t[hd])\b([^>]*)>")
+_ROW = re.compile(r"<tr\b[^>]*>.*?</tr>", re.S)
+_CLASSES = re.compile(r'\bclass="([^"]*)"')
+
+
+def _is_text(values: Any) -> bool:
+    """Text, not numbers or booleans: what reads best left-aligned."""
+    return not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values))
+
+
+def _left(cell: re.Match[str]) -> str:
+    """A ``<th>``/``<td>`` opening tag with ``text-align: left`` in its own ``style`` attribute."""
+    tag, attrs = cell.group(1), cell.group(2)
+    if "style=" in attrs:
+        return cell.group(0)
+    return f'<{tag} style="{_LEFT}"{attrs.rstrip()}>'
+
+
+def left_aligned_html(table: Any) -> str | None:
+    """The HTML of a ``DataFrame`` or ``Styler`` with text columns and text row labels left-aligned.
+
+    Jupyter's stylesheet right-aligns every cell. The alignment is written into
+    each cell's own ``style`` attribute, not a ``<style>`` block: JupyterLab
+    keeps cell styles when it sanitises an untrusted notebook's outputs (a
+    notebook opened from a checkout) and drops ``<style>`` blocks. A ``DataFrame``
+    keeps pandas' own HTML and number formatting; a ``Styler`` its fixed uuid.
+    A table with hierarchical columns, or more columns than are shown, keeps
+    its HTML as it is (an IPython formatter that returned nothing would show
+    no HTML at all).
+    """
+    from pandas.io.formats.style import Styler
+
+    styler = table if isinstance(table, Styler) else None
+    frame: Any = styler.data if styler is not None else table  # type: ignore[attr-defined]
+    limit = pd.get_option("display.max_columns")
+    if not isinstance(frame, pd.DataFrame) or frame.columns.nlevels != 1 or (
+            styler is None and limit and frame.shape[1] > limit):
+        default: str | None = cast(Any, table)._repr_html_()
+        return default
+    text_columns = [_is_text(frame.iloc[:, i]) for i in range(frame.shape[1])]
+    text_index = all(_is_text(frame.index.get_level_values(i)) for i in range(frame.index.nlevels))
+    if styler is not None:
+        def by_class(cell: re.Match[str]) -> str:
+            found = _CLASSES.search(cell.group(2))
+            classes = found.group(1).split() if found else []
+            column = next((int(c[3:]) for c in classes if c.startswith("col") and c[3:].isdigit()), None)
+            if "row_heading" in classes or "index_name" in classes:
+                return _left(cell) if text_index else cell.group(0)
+            if ("data" in classes or "col_heading" in classes) and column is not None \
+                    and column < len(text_columns) and text_columns[column]:
+                return _left(cell)
+            return cell.group(0)
+
+        return _CELL.sub(by_class, styler.to_html())
+
+    html: str | None = cast(Any, frame)._repr_html_()  # pandas' own notebook HTML
+    if html is None:
+        return None
+    head, tbody, body = html.partition("<tbody>")
+    levels = frame.index.nlevels
+
+    def header_row(number: int, row: str) -> str:
+        position = itertools.count()
+
+        def cell(match: re.Match[str]) -> str:
+            at = next(position)
+            if number == 0 and at >= levels:  # the column labels, after one blank per index level
+                column = at - levels
+                return _left(match) if column < len(text_columns) and text_columns[column] else match.group(0)
+            if number == 1 and at < levels and text_index:  # the index names
+                return _left(match)
+            return match.group(0)
+
+        return _CELL.sub(cell, row)
+
+    def body_row(row: str) -> str:
+        column = itertools.count()
+
+        def cell(match: re.Match[str]) -> str:
+            if match.group(1) == "th":
+                return _left(match) if text_index else match.group(0)
+            at = next(column)
+            return _left(match) if at < len(text_columns) and text_columns[at] else match.group(0)
+
+        return _CELL.sub(cell, row)
+
+    rows = itertools.count()
+    head = _ROW.sub(lambda m: header_row(next(rows), m.group(0)), head)
+    body = _ROW.sub(lambda m: body_row(m.group(0)), body)
+    return head + tbody + body
 
 
 AUTH_CODE_COLUMNS = ("code", "client_id", "redirect_uri", "expires_at", "used_at",
@@ -369,35 +479,148 @@ def plot_timeline(history: History, code: int = 0, ax: Axes | None = None,
     return ax
 
 
-def timelines(histories: Mapping[str, History], code: int = 0) -> Figure:
-    """Side by side, one timeline per labelled history (e.g. ``{"faithful": …, "naive": …}``)."""
-    fig = Figure(figsize=(5 * len(histories), 3.8), layout="constrained")
-    axes = fig.subplots(1, len(histories), squeeze=False)[0]
+@dataclass(frozen=True)
+class Chart:
+    """A figure and its alt text: shown as a PNG whose ``<img>`` carries the text as ``alt``.
+
+    JupyterLab (4.x) renders an ``image/png`` output as an ``<img>`` without
+    ``alt``: it ignores the ``alt`` metadata ``IPython.display.Image`` writes.
+    So the figure is also offered as ``text/html``,
+    ``<img src="data:image/png;base64,…" alt="…"/>``, which JupyterLab and
+    nbconvert's HTML export choose over the PNG (its sanitiser keeps both
+    attributes in an untrusted notebook). ``image/png``, with ``alt`` in its
+    metadata, stays for what takes no HTML (PDF and LaTeX exports), and
+    ``text/plain`` is the alt text itself: what a text-only view shows instead
+    of ``<Figure size … with 2 Axes>``.
+    """
+
+    figure: Figure
+    alt: str
+
+    def png(self) -> bytes:
+        """The figure as PNG, as the inline backend renders it (tight bounding box, the figure's dpi)."""
+        import io
+
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png", bbox_inches="tight")
+        return buffer.getvalue()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None
+                          ) -> tuple[dict[str, str], dict[str, Any]]:
+        import base64
+        import html
+
+        data = base64.b64encode(self.png()).decode("ascii")
+        alt = html.escape(self.alt, quote=True)
+        return ({"text/html": f'<img src="data:image/png;base64,{data}" alt="{alt}"/>',
+                 "image/png": data, "text/plain": self.alt},
+                {"image/png": {"alt": self.alt}})
+
+    def __repr__(self) -> str:
+        return self.alt
+
+
+def _timeline_ops(history: History, code: int) -> pd.DataFrame:
+    """The barrier-released attempts on code ``code`` (not 40001 retries), in racer order."""
+    ops = history.operations()
+    if ops.empty or "code" not in ops.columns:
+        return ops
+    ops = ops[ops["code"] == code]
+    if "attempt" in ops.columns:
+        ops = ops[ops["attempt"].fillna(0) == 0]
+    return ops.sort_values("process")
+
+
+def _racers(processes: Iterable[Any]) -> str:
+    names = [str(p) for p in processes]
+    return ("racer " if len(names) == 1 else "racers ") + ", ".join(names)
+
+
+def _timeline_text(label: str, ops: pd.DataFrame, code: int) -> str:
+    """One panel of ``timelines`` in words: who won, how many were refused, how long the claim window was."""
+    if ops.empty:
+        return f"{label}, code {code}: no attempts"
+    origin, first_end = claim_window(ops)
+    won = ops[ops["outcome"] == "ok"]
+    refused, unknown = int((ops["outcome"] == "fail").sum()), int((ops["outcome"] == "info").sum())
+    winners = (f"{len(won)} winner{'s' if len(won) != 1 else ''}"
+               + (f" ({_racers(won['process'])})" if len(won) else ""))
+    last = round(float(ops["end_ns"].max() - origin) / 1000)
+    return (f"{label}, code {code}: {len(ops)} racers; {winners}, {refused} refused"
+            + (f", {unknown} unknown" if unknown else "")
+            + f"; claim window 0 to {round((first_end - origin) / 1000):,} µs; last reply at {last:,} µs")
+
+
+def code_to_show(report: Any) -> tuple[int, str]:
+    """Which code of a race to draw, and why: the one won most often (ties: the lowest), else the middle one.
+
+    ``report`` is a ``RaceReport``; on the naive control this is the code
+    whose double win is the most visible.
+    """
+    double = [(int(r["wins"]), -int(r["code"])) for r in report.winners.evidence
+              if r.get("problem") == "won more than once"]
+    if double:
+        wins, code = max(double)
+        return -code, (f"the code the {report.stats.get('target', 'control')} race won most often "
+                       f"({wins} winners; the lowest such code on a tie)")
+    codes = int(report.winners.summary.get("keys") or 1)
+    return codes // 2, "the middle code (no code was won more than once)"
+
+
+def timelines(histories: Mapping[str, History], code: int = 0) -> Chart:
+    """Side by side on one µs scale, one timeline of code ``code`` per labelled history.
+
+    ``histories`` maps a label to a race's history (e.g. ``{"faithful": …,
+    "naive": …}``). The panels share their x axis, so bars of the same length
+    are the same time in each. The alt text says, per panel, who won, how many
+    were refused and how long the claim window lasted.
+    """
+    fig = Figure(figsize=(5 * len(histories), 4.1), layout="constrained")
+    axes = fig.subplots(1, len(histories), squeeze=False, sharex=True)[0]
+    panels = []
     for ax, (label, history) in zip(axes, histories.items(), strict=True):
-        plot_timeline(history, code, ax=ax, title=f"{label}: code {code}", legend=False)
+        ops = _timeline_ops(history, code)
+        won = int((ops["outcome"] == "ok").sum()) if not ops.empty else 0
+        plot_timeline(history, code, ax=ax, legend=False,
+                      title=f"{label}: code {code}, {won} winner{'s' if won != 1 else ''}")
+        panels.append(_timeline_text(label, ops, code))
+    fig.suptitle(f"Code {code} of each race, one lane per racer, on the same µs scale")
     fig.legend(handles=_legend_handles(), loc="outside lower center", ncols=4, fontsize=8)
-    return fig
+    alt = (f"Race timelines of code {code}, {len(panels)} panels side by side sharing one x axis "
+           "(µs since the first racer started), one horizontal bar per racer from its request to its "
+           "reply, green for a win, grey for a refusal, orange for an unknown outcome. "
+           + ". ".join(panels) + ".")
+    return Chart(fig, alt)
 
 
 def race_summary(reports: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per target: the single-winner counts and whether the racers overlapped.
+    """One row per target: the single-winner counts, whether the racers overlapped, and how fast.
 
     ``reports`` maps a label to a ``RaceReport`` (anything with ``winners``
-    and ``overlap`` results).
+    and ``overlap`` results and ``stats``). The median start spread is in whole
+    µs, throughput in whole attempts per second.
     """
     rows = []
     for label, report in reports.items():
         w, o = report.winners.summary, report.overlap.summary
+        spread = o.get("median_spread_us")
         rows.append({"target": label, "codes": w["keys"], "attempts": w["attempts"],
                      "wins": w["wins"], "double wins": w["double_wins"],
                      "codes with no winner": w["no_winner"], "indeterminate": w["indeterminate"],
                      "codes raced": o["keys_raced"],
-                     "single winner": "holds" if report.winners.valid else "VIOLATED"})
+                     "single winner": "holds" if report.winners.valid else "VIOLATED",
+                     "median start spread (µs)": None if spread is None else round(spread),
+                     "attempts/s": round(report.stats["attempts_per_s"])})
     return pd.DataFrame(rows).set_index("target")
 
 
-def double_wins_chart(counts: Mapping[str, int], codes: int | None = None) -> Figure:
-    """Bars of double-won codes per target or matrix cell: the negative control should stand alone."""
+def double_wins_chart(counts: Mapping[str, int], codes: int | None = None) -> Chart:
+    """Bars of double-won codes per target or matrix cell: the negative control should stand alone.
+
+    The alt text names every bar above 0 and counts the others.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     labels = list(counts)
     values = [int(counts[k]) for k in labels]
     fig = Figure(figsize=(7, 0.4 * len(labels) + 1.2), layout="constrained")
@@ -405,12 +628,32 @@ def double_wins_chart(counts: Mapping[str, int], codes: int | None = None) -> Fi
     bars = ax.barh(labels, values, color=["#c62828" if v else "#2e7d32" for v in values])
     ax.bar_label(bars, fmt="%d", padding=3)
     ax.invert_yaxis()
-    ax.set_xlabel("codes won more than once" + (f" (of {codes})" if codes else ""))
+    of = f" (of {codes})" if codes else ""
+    ax.set_xlabel("codes won more than once" + of)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if codes:
         ax.set_xlim(0, codes * 1.1)
         ax.axvline(codes, color="#757575", linestyle=":", linewidth=1)
-    ax.set_title("double wins (0 = the single-winner invariant held)")
-    return fig
+    ax.set_title("Codes won more than once (0 = the single-winner invariant held)")
+    above = [f"{k} {v}" for k, v in zip(labels, values, strict=True) if v]
+    zero = len(values) - len(above)
+    alt = (f"Horizontal bar chart of the codes won more than once{of}, one bar for each of {len(values)} "
+           "labels. " + (f"Above 0: {'; '.join(above)}. " if above else "")
+           + (f"The other {zero} are at 0." if above and zero else f"All {zero} are at 0." if zero else ""))
+    return Chart(fig, alt.strip())
+
+
+#: How the isolation matrix's measures are named and rounded, in its heatmaps and its tables alike.
+MATRIX_MEASURES = {
+    "double_wins": ("double-won codes", "{:.0f}"),
+    "no_winner": ("codes without a winner", "{:.0f}"),
+    "serialization_failures": ("serialization failures (SQLSTATE 40001)", "{:.0f}"),
+    "serialization_per_code": ("serialization failures per code (SQLSTATE 40001 ÷ codes)", "{:.1f}"),
+}
+
+
+def _measure(value: str) -> tuple[str, str]:
+    return MATRIX_MEASURES.get(value, (value.replace("_", " "), "{:g}"))
 
 
 def matrix_table(matrix: pd.DataFrame, value: str = "double_wins", *,
@@ -420,32 +663,69 @@ def matrix_table(matrix: pd.DataFrame, value: str = "double_wins", *,
 
 
 def matrix_heatmap(matrix: pd.DataFrame, value: str = "double_wins", **kwargs: Any) -> Any:
-    """``matrix_table`` coloured (white = 0, red = many): a pandas ``Styler`` with a fixed id."""
+    """``matrix_table`` coloured (white = 0, red = many): a pandas ``Styler`` with a fixed id.
+
+    Its numbers are rounded as in ``matrix_figure`` (``MATRIX_MEASURES``).
+    """
+    label, number = _measure(value)
     table = matrix_table(matrix, value, **kwargs)
     return (table.style.set_uuid(f"matrix_{value}")
             .background_gradient(cmap="Reds", vmin=0, axis=None)
-            .format("{:.0f}")
-            .set_caption(value.replace("_", " ")))
+            .format(number)
+            .format_index(lambda name: str(name).replace("_", " "), axis=0)
+            .format_index(lambda name: str(name).replace("_", " "), axis=1)
+            .set_caption(label))
+
+
+def matrix_rows(matrix: pd.DataFrame) -> pd.DataFrame:
+    """The isolation matrix one cell a row, named and rounded as in its heatmaps (``MATRIX_MEASURES``)."""
+    rows = pd.DataFrame({"strategy": matrix["strategy"].str.replace("_", " "),
+                         "isolation": matrix["isolation"].str.replace("_", " ")})
+    for value in ("double_wins", "no_winner", "serialization_failures", "serialization_per_code"):
+        label, number = _measure(value)
+        # Rounded by the very format the heatmaps print (str.format), not pandas' round (half to even):
+        # 5.65 is 5.7 in all three, never 5.6 here.
+        shown = [number.format(v) for v in matrix[value]]
+        rows[label] = [float(v) if "." in v else int(v) for v in shown]
+    rows["attempts/s"] = matrix["attempts_per_s"].round().astype(int)
+    rows["codes raced (%)"] = (matrix["raced_fraction"] * 100).round().astype(int)
+    rows["verdict"] = matrix["verdict"]
+    return rows.reset_index(drop=True)
 
 
 def matrix_figure(matrix: pd.DataFrame,
-                  values: Sequence[str] = ("double_wins", "serialization_per_code")) -> Figure:
-    """The isolation matrix as heatmaps, strategies × isolation levels, one per measure, cells annotated."""
-    fig = Figure(figsize=(5.2 * len(values), 3.2), layout="constrained")
+                  values: Sequence[str] = ("double_wins", "serialization_per_code")) -> Chart:
+    """The isolation matrix as heatmaps, strategies × isolation levels, one per measure, cells annotated.
+
+    The numbers are rounded as in ``matrix_heatmap`` and ``matrix_rows``, and
+    the alt text reads every cell.
+    """
+    fig = Figure(figsize=(5.6 * len(values), 3.5), layout="constrained")
     axes = fig.subplots(1, len(values), squeeze=False)[0]
+    described = []
     for ax, value in zip(axes, values, strict=True):
+        label, number = _measure(value)
         table = matrix_table(matrix, value)
         data = table.to_numpy(dtype=float)
         ax.imshow(data, cmap="Reds", vmin=0, vmax=max(float(data.max()), 1.0), aspect="auto")
-        ax.set_xticks(range(len(table.columns)), [str(c).replace("_", " ") for c in table.columns])
-        ax.set_yticks(range(len(table.index)), [str(i).replace("_", " ") for i in table.index])
+        columns = [str(c).replace("_", " ") for c in table.columns]
+        index = [str(i).replace("_", " ") for i in table.index]
+        ax.set_xticks(range(len(columns)), columns)
+        ax.set_yticks(range(len(index)), index)
         for row in range(data.shape[0]):
             for col in range(data.shape[1]):
-                number = float(data[row, col])
-                ax.text(col, row, f"{number:g}", ha="center", va="center", fontsize=10,
-                        color="white" if number > data.max() / 2 and number > 0 else "black")
-        ax.set_title(value.replace("_", " "))
-    return fig
+                cell = float(data[row, col])
+                ax.text(col, row, number.format(cell), ha="center", va="center", fontsize=10,
+                        color="white" if cell > data.max() / 2 and cell > 0 else "black")
+        ax.set_title(label, fontsize=10)
+        described.append(f"{label}: " + "; ".join(
+            f"{index[r]} " + ", ".join(f"{number.format(float(data[r, c]))} at {columns[c]}"
+                                       for c in range(len(columns)))
+            for r in range(len(index))))
+    fig.suptitle("The isolation matrix: claim strategy (rows) × isolation level (columns)")
+    alt = (f"{len(values)} heatmaps of the isolation matrix, claim strategies as rows and isolation levels "
+           "as columns, darker red for more. " + ". ".join(described) + ".")
+    return Chart(fig, alt)
 
 
 def verdict_figure(table: pd.DataFrame) -> Figure:

@@ -78,7 +78,9 @@ def test_lab_serves_the_notebooks_with_the_database_in_the_kernels_env(
         listing = httpx.get(f"{base}/api/contents/", headers=auth, timeout=10)
         assert listing.status_code == 200
         names = {item["name"] for item in listing.json()["content"]}
-        assert set(NOTEBOOKS) <= names, names
+        # The folder a reviewer opens holds the notebooks alone: nbval's session and sanitiser
+        # live in harness/testing/nbval.py and tests/nbval/, not beside them.
+        assert names == set(NOTEBOOKS), names
         assert len(NOTEBOOKS) == 7
         one = httpx.get(f"{base}/api/contents/{NOTEBOOKS[-1]}", headers=auth, timeout=10)
         assert one.status_code == 200 and one.json()["type"] == "notebook"

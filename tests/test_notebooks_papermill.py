@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
+import pandas as pd
 import papermill
 import pytest
 from conftest import embedded_env
@@ -13,6 +17,16 @@ from harness.cli import main
 from harness.commands.notebook import NOTEBOOKS, execute, resolve
 from harness.database import Database
 from harness.embedded import EmbeddedServer, live_server_processes
+from harness.history import History, Op
+from harness.walkthrough import (
+    Walk,
+    code_to_show,
+    left_aligned_html,
+    matrix_figure,
+    matrix_heatmap,
+    matrix_rows,
+    timelines,
+)
 
 pytestmark = pytest.mark.slow
 RACE = NOTEBOOKS / "04_concurrent_claim.ipynb"
@@ -208,3 +222,85 @@ def test_the_your_server_notebook_that_fails_half_way_stops_its_server_and_remov
     assert "a property failed half way" in str(failed.value.evalue)
     assert served_and_run_rows(database) == before
     assert own_servers() <= servers
+
+
+# -- 04: what the race notebook shows (no database) ----------------------------------------------
+
+
+def history_of(spans: dict[int, tuple[int, int, str]], code: int = 0) -> History:
+    """A race history on one code: racer -> (start µs, end µs, outcome)."""
+    history = History()
+    for racer, (start, end, outcome) in spans.items():
+        history.append(Op(racer, "invoke", "exchange", {"code": code}, start * 1000))
+        history.append(Op(racer, outcome, "exchange", {"code": code}, end * 1000))  # type: ignore[arg-type]
+    return history
+
+
+def test_the_timelines_share_one_x_axis_and_their_alt_text_says_who_won() -> None:
+    one = history_of({0: (0, 900, "ok"), 1: (50, 400, "fail")})
+    many = history_of({0: (0, 4000, "ok"), 1: (30, 3000, "ok"), 2: (60, 500, "fail")})
+    chart = timelines({"faithful": one, "naive": many}, code=0)
+    left, right = chart.figure.axes[:2]
+    assert left.get_xlim() == right.get_xlim()  # one µs scale: the short race is drawn short
+    assert "faithful: code 0, 1 winner" in left.get_title()
+    assert "naive: code 0, 2 winners" in right.get_title()
+    assert "faithful, code 0: 2 racers; 1 winner (racer 0), 1 refused" in chart.alt
+    assert "naive, code 0: 3 racers; 2 winners (racers 0, 1), 1 refused" in chart.alt
+    data, metadata = chart._repr_mimebundle_()
+    assert data["text/plain"] == chart.alt and metadata["image/png"]["alt"] == chart.alt
+    assert data["text/html"].startswith('<img src="data:image/png;base64,')
+    assert f'alt="{html.escape(chart.alt)}"' in data["text/html"]
+
+
+def test_the_code_drawn_is_the_one_the_control_won_most_often() -> None:
+    report = SimpleNamespace(
+        stats={"target": "naive"}, winners=SimpleNamespace(summary={"keys": 10}, evidence=[
+            {"code": 3, "problem": "won more than once", "wins": 2},
+            {"code": 7, "problem": "won more than once", "wins": 4},
+            {"code": 5, "problem": "won more than once", "wins": 4}]))
+    code, why = code_to_show(report)
+    assert code == 5 and "naive race won most often (4 winners" in why
+    nobody = SimpleNamespace(stats={}, winners=SimpleNamespace(summary={"keys": 10}, evidence=[]))
+    assert code_to_show(nobody)[0] == 5
+
+
+def test_the_matrix_heatmaps_and_its_rows_round_alike() -> None:
+    matrix = pd.DataFrame({
+        "strategy": ["atomic", "naive"], "isolation": ["repeatable_read", "read_committed"],
+        "double_wins": [0, 19], "no_winner": [0, 0], "serialization_failures": [113, 0],
+        "serialization_per_code": [5.65, 0.0], "attempts_per_s": [1397, 1505],
+        "raced_fraction": [1.0, 0.95], "verdict": ["pass", "double win"]})
+    # 5.65 is 5.7 everywhere (pandas' own round would make it 5.6 in the table only).
+    assert ">5.7<" in matrix_heatmap(matrix, "serialization_per_code").to_html()
+    assert "5.7 at repeatable read" in matrix_figure(matrix).alt
+    rows = matrix_rows(matrix)
+    assert rows.iloc[0]["serialization failures per code (SQLSTATE 40001 ÷ codes)"] == 5.7
+    assert rows["codes raced (%)"].tolist() == [100, 95]
+
+
+def test_tables_align_their_text_columns_left_in_each_cells_own_style() -> None:
+    walk = Walk("a walk")
+    walk.note("codes won more than once", 0, 0)
+    html_table = left_aligned_html(walk.table())
+    assert html_table is not None
+    left = 'style="text-align: left;"'
+    assert f"<td {left}>codes won more than once</td>" in html_table
+    assert f"<th {left}>action</th>" in html_table
+    assert "<td>True</td>" in html_table  # a boolean column keeps the default alignment
+    styled = left_aligned_html(pd.DataFrame({"verdict": ["holds"], "n": [1]}).style.set_uuid("t"))
+    assert styled is not None and f'<td {left} id="T_t_row0_col0"' in styled
+    assert '<td id="T_t_row0_col1" class="data row0 col1" >1</td>' in styled
+
+
+def test_the_committed_race_notebook_gives_every_figure_alt_text_and_rounds_its_spreads() -> None:
+    notebook = nbformat.read(RACE, as_version=4)
+    figures = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
+               if "image/png" in o.get("data", {})]
+    assert len(figures) == 3
+    for output in figures:
+        alt = output["metadata"]["image/png"]["alt"]
+        assert len(alt) > 80 and output["data"]["text/plain"] == alt
+        assert f'alt="{html.escape(alt)}"' in output["data"]["text/html"]
+    text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", ""))
+                     for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert not re.search(r"\d+\.\d{3,}", text), "a measured number printed with more than two decimals"
