@@ -567,10 +567,21 @@ def test_a_worker_killed_mid_run_leaves_the_invariant_judged(env: dict[str, str]
     master = subprocess.Popen(
         [*LOCUST, "--headless", "--only-summary", "--verdict-file", str(verdict_file), "--master",
          "--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--expect-workers", "2",
-         "-u", "16", "-r", "16", "-t", "8s", "DatabaseUser"],
+         "-u", "16", "-r", "16", "-t", "12s", "DatabaseUser"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(5)  # users spawned and racing on both workers
+        # Users spawned and racing on both workers (each has registered in the ledger), however
+        # long seeding took on a loaded machine: a fixed sleep made this flaky under load.
+        deadline = time.monotonic() + 60
+        while True:
+            with database.connect() as conn:
+                row = conn.execute("SELECT count(*) FROM harness_ledger_workers WHERE state = 'started'"
+                                   ).fetchone()
+                wins = conn.execute("SELECT count(*) FROM harness_ledger").fetchone()
+            if row and row[0] >= 2 and wins and wins[0] > 0:
+                break
+            assert master.poll() is None and time.monotonic() < deadline, "the workers never raced"
+            time.sleep(0.2)
         assert master.poll() is None, "the run ended before the worker could be killed"
         workers[0].kill()  # SIGKILL: no goodbye, no last batch
         out, _ = master.communicate(timeout=90)  # never a hang
