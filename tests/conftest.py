@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -121,6 +122,14 @@ def store_token(faithful: OAuthRepository) -> StoreToken:
             expires_at=faithful.clock.now() + timedelta(seconds=ttl_s), family_id=family_id))
 
     return store
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (the kernel's pick for port 0): tests never use a fixed one."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 # -- a real ``harness serve`` ------------------------------------------------------------------------

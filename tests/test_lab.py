@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import httpx
 import psutil
 import psycopg
 import pytest
-from conftest import embedded_env
+from conftest import embedded_env, free_port
 
 from harness.embedded import EmbeddedServer, live_server_processes
 
@@ -25,10 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(url: str, deadline_s: float, proc: subprocess.Popen[bytes]) -> httpx.Response:

@@ -11,7 +11,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import embedded_env, interrupt, row_counts
+from conftest import embedded_env, free_port, interrupt, row_counts
 
 from harness.database import Database, connect
 from harness.ledger import (
@@ -198,10 +197,6 @@ def test_the_verdict_as_tab_rows_and_as_a_report_section() -> None:
 # -- Locust runs -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

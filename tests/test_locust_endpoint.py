@@ -22,11 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from authlib_server.launcher import start_authlib_server
-from conftest import harness_serve, row_counts
-from psycopg import conninfo, sql
+from conftest import free_port, harness_serve, row_counts
 
 from harness.database import Database
 from harness.ledger import (
@@ -132,12 +130,6 @@ def explain(proc: subprocess.CompletedProcess[str]) -> str:
     return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ledger_rows(db: Database, run_id: str) -> dict[str, int]:
@@ -264,18 +256,6 @@ def test_bad_endpoint_input_is_one_line_and_exit_2(locust_env: dict[str, str], t
 
 
 # -- Authlib, as its documentation builds it, and claiming atomically ---------------------------------
-
-
-@pytest.fixture(scope="module")
-def authlib_database(database: Database) -> Iterator[str]:
-    name = f"authlib_{secrets.token_hex(6)}"
-    with psycopg.connect(database.url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield conninfo.make_conninfo(database.url, dbname=name)
-    finally:
-        with psycopg.connect(database.url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.mark.parametrize("claim", ["documented", "atomic"])

@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 import httpx
 import psutil
 import pytest
-from conftest import REDIRECT, embedded_env, harness_serve, interrupt
+from conftest import REDIRECT, embedded_env, free_port, harness_serve, interrupt
 
 import harness
 from harness.database import Database
@@ -53,12 +53,6 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 READY_TIMEOUT_S = 60.0
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on (the kernel's pick for port 0)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def server_env(*, data_dir: Path | None = None, url: str | None = None,
