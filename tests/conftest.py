@@ -206,3 +206,23 @@ def authlib_database(database: Database) -> Iterator[str]:
     finally:
         with psycopg.connect(database.url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# -- Locust --------------------------------------------------------------------------------------------
+
+#: ``locust`` with the project's config and locustfile, from this interpreter's environment.
+LOCUST = [str(Path(sys.executable).parent / "locust"), "--config",
+          str(Path(__file__).resolve().parents[1] / "load" / "locust.conf"),
+          "-f", str(Path(__file__).resolve().parents[1] / "load" / "locustfile.py")]
+#: Settings a Locust run must not inherit from the shell that started the suite.
+_LOCUST_SCRUBBED = ("HARNESS_TARGET", "DATABASE_URL", "LOCUST_USER_CLASSES", "HARNESS_ENDPOINT",
+                    "HARNESS_ENDPOINT_CLIENT", "HARNESS_ENDPOINT_PKCE", "HARNESS_AT_REST_PEPPER")
+
+
+@pytest.fixture
+def locust_env(database: Database) -> dict[str, str]:
+    """Locust's environment: the ledger in the suite's database, no pepper (a run adds its own)."""
+    env = {k: v for k, v in os.environ.items() if k not in _LOCUST_SCRUBBED}
+    env.update(HARNESS_DATABASE_URL=database.url, PYTHONUNBUFFERED="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    return env

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import embedded_env, free_port, interrupt, row_counts
+from conftest import LOCUST, embedded_env, free_port, interrupt, row_counts
 
 from harness.database import Database, connect
 from harness.ledger import (
@@ -43,8 +42,6 @@ from harness.testing.plugin import throwaway_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-LOCUST = [str(BIN / "locust"), "--config", str(ROOT / "load" / "locust.conf"),
-          "-f", str(ROOT / "load" / "locustfile.py")]
 RUN_S = 4
 
 pytestmark = pytest.mark.slow
@@ -200,12 +197,8 @@ def test_the_verdict_as_tab_rows_and_as_a_report_section() -> None:
 
 
 @pytest.fixture
-def env(database: Database, pepper: str) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items()
-         if k not in ("HARNESS_TARGET", "DATABASE_URL", "LOCUST_USER_CLASSES")}
-    e.update(HARNESS_DATABASE_URL=database.url, HARNESS_AT_REST_PEPPER=pepper,
-             PYTHONUNBUFFERED="1", PATH=f"{BIN}{os.pathsep}{e.get('PATH', '')}")
-    return e
+def env(locust_env: dict[str, str], pepper: str) -> dict[str, str]:
+    return {**locust_env, "HARNESS_AT_REST_PEPPER": pepper}
 
 
 def run_locust(env: dict[str, str], tmp_path: Path, *args: str, timeout: float = 120, merged: bool = False

@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 from authlib_server.launcher import start_authlib_server
-from conftest import free_port, harness_serve, row_counts
+from conftest import LOCUST, free_port, harness_serve, row_counts
 
 from harness.database import Database
 from harness.ledger import (
@@ -43,9 +42,6 @@ from harness.scope import PREFIX
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-LOCUST = [str(BIN / "locust"), "--config", str(ROOT / "load" / "locust.conf"),
-          "-f", str(ROOT / "load" / "locustfile.py")]
 SERVE_TOML = ROOT / "examples" / "endpoints" / "harness-serve.toml"
 AUTHLIB_TOML = ROOT / "tests" / "authlib_server" / "authlib.toml"
 RUN_S = 4
@@ -53,9 +49,6 @@ RUN_S = 4
 #: a little longer, so that a loaded machine still sees its double wins, not only its 500s.
 AUTHLIB_RUN_S = 6
 #: Nothing Locust's own runs need from the suite's environment (the target, a stray database URL).
-_SCRUBBED = ("HARNESS_TARGET", "DATABASE_URL", "LOCUST_USER_CLASSES", "HARNESS_ENDPOINT",
-             "HARNESS_ENDPOINT_CLIENT", "HARNESS_ENDPOINT_PKCE", "HARNESS_AT_REST_PEPPER")
-
 
 # -- pure: the outcome of an answer, and the checker over token sets ------------------------------
 
@@ -143,15 +136,6 @@ def ledger_rows(db: Database, run_id: str) -> dict[str, int]:
             "SELECT (SELECT count(*) FROM oauth_clients WHERE starts_with(client_id, %(p)s)) "
             "+ (SELECT count(*) FROM users WHERE starts_with(id, %(p)s))", {"p": p}).fetchone()
     return {t: int(row[0]) for t, row in counts.items() if row is not None and row[0]}
-
-
-@pytest.fixture
-def locust_env(database: Database) -> dict[str, str]:
-    """Locust's environment: the ledger in the suite's database, and no pepper (this mode needs none)."""
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
-    env.update(HARNESS_DATABASE_URL=database.url, PYTHONUNBUFFERED="1",
-               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-    return env
 
 
 @contextlib.contextmanager

@@ -9,39 +9,28 @@ Each run is short (a few seconds) and bounded.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
-
-from harness.database import Database
+from conftest import LOCUST, free_port
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-LOCUST = [str(BIN / "locust"), "--config", str(ROOT / "load" / "locust.conf"),
-          "-f", str(ROOT / "load" / "locustfile.py")]
 TAB = "single-winner"
 
 
 
 
 @pytest.fixture
-def env(database: Database, pepper: str) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items()
-         if k not in ("HARNESS_TARGET", "DATABASE_URL", "LOCUST_USER_CLASSES")}
-    e.update(HARNESS_DATABASE_URL=database.url, HARNESS_AT_REST_PEPPER=pepper,
-             PYTHONUNBUFFERED="1", PATH=f"{BIN}{os.pathsep}{e.get('PATH', '')}")
-    return e
+def env(locust_env: dict[str, str], pepper: str) -> dict[str, str]:
+    return {**locust_env, "HARNESS_AT_REST_PEPPER": pepper}
 
 
 def get(url: str) -> str:
