@@ -348,6 +348,18 @@ def authenticate_client(target: Target, creds: ClientCredentials, *, confidentia
                      _WWW_BASIC if creds.basic else None)
 
 
+def server_fault(exc: InternalError, what: str) -> TokenError:
+    """The answer to a target's internal error: 503 while the database is unavailable, else 500.
+
+    Never a stack trace; the log line names the internal reason only (never a secret).
+    """
+    if database_unavailable(exc):
+        log.warning("%s refused, database unavailable: %s", what, exc.detail)
+        return _unavailable()
+    log.error("%s failed: %s", what, exc.detail)
+    return TokenError(exc.error, "Internal server error", exc.status)
+
+
 def grant(target: Target, form: dict[str, str], creds: ClientCredentials) -> dict[str, Any]:
     """Run the grant named by ``grant_type`` (synchronous: called in the threadpool)."""
     grant_type = form.get("grant_type")
@@ -368,11 +380,7 @@ def grant(target: Target, form: dict[str, str], creds: ClientCredentials) -> dic
             # original scope, which the response states.
             tokens = target.refresh(form["refresh_token"], creds.client_id)
     except InternalError as exc:
-        if database_unavailable(exc):
-            log.warning("token request refused, database unavailable: %s", exc.detail)
-            raise _unavailable() from None
-        log.error("token request failed: %s", exc.detail)
-        raise TokenError(exc.error, "Internal server error", exc.status) from None
+        raise server_fault(exc, "token request") from None
     except OAuthError as exc:
         # The one wire mapping (harness.errors): each kind carries its RFC 6749 §5.2 code.
         raise TokenError(exc.error, str(exc), exc.status) from None
@@ -633,11 +641,7 @@ def store_code(target: Target, params: AuthCodeParams) -> None:
     try:
         target.store_authorization_code(params)
     except InternalError as exc:
-        if database_unavailable(exc):
-            log.warning("authorization request refused, database unavailable: %s", exc.detail)
-            raise _unavailable() from None
-        log.error("authorization request failed: %s", exc.detail)
-        raise TokenError("server_error", "Internal server error", 500) from None
+        raise server_fault(exc, "authorization request") from None
     except OAuthError as exc:
         # ``detail`` names the reason (e.g. "code_challenge_method must be S256"), never a value.
         log.info("the target refused to store an authorization code for %s: %s", params.client_id,
@@ -691,11 +695,7 @@ def introspection(target: Target, creds: ClientCredentials, token: str) -> dict[
     try:
         claims = inspect(token)
     except InternalError as exc:
-        if database_unavailable(exc):
-            log.warning("introspection request refused, database unavailable: %s", exc.detail)
-            raise _unavailable() from None
-        log.error("introspection request failed: %s", exc.detail)
-        raise TokenError("server_error", "Internal server error", 500) from None
+        raise server_fault(exc, "introspection request") from None
     except OAuthError:
         claims = None
     if not isinstance(claims, dict):
