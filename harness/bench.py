@@ -27,6 +27,7 @@ import math
 import multiprocessing
 import os
 import re
+import select
 import selectors
 import shutil
 import subprocess
@@ -302,34 +303,42 @@ def _run_green(url: str, pepper: str, seed: str, client: str, clients: int, dura
     stride = len(order) // clients
     slices = [order[c * stride:(c + 1) * stride] for c in range(clients)]
     workers = min(clients, os.cpu_count() or 1)
-    procs = []
+    procs: list[subprocess.Popen[str]] = []
+    finished = False
+
+    def line_of(proc: subprocess.Popen[str], timeout_s: float, what: str) -> str:
+        """One line from a child, within ``timeout_s``: a child that hangs ends the bench, not us."""
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+        line = proc.stdout.readline() if ready else ""
+        if not line:
+            raise SetupError(f"a green bench process {what} within {timeout_s:.0f} s")
+        return line
+
     try:
         for w in range(workers):
             proc = subprocess.Popen([sys.executable, "-c", _GREEN_BOOT], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
+            procs.append(proc)
             assert proc.stdin is not None
             proc.stdin.write(json.dumps({"url": url, "pepper": pepper, "seed": seed, "client": client,
                                          "redirect_uri": REDIRECT_URI, "slices": slices[w::workers],
                                          "duration_s": duration_s, "operation": operation}) + "\n")
             proc.stdin.flush()
-            procs.append(proc)
         for proc in procs:  # connected, every one, before the clock starts (pgbench's -c)
-            assert proc.stdout is not None
-            if proc.stdout.readline().strip() != "ready":
+            if line_of(proc, 120, "did not connect").strip() != "ready":
                 raise SetupError("a green bench process failed to start")
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
-        outcomes = []
-        for proc in procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line:
-                raise SetupError("a green bench process died")
-            outcomes.append(json.loads(line))
+        outcomes = [json.loads(line_of(proc, duration_s + 120, "did not report")) for proc in procs]
+        finished = True
     finally:
         for proc in procs:
+            # On Ctrl-C or an error the children (in sessions of their own) are killed at once.
+            if not finished:
+                proc.kill()
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -498,7 +507,7 @@ def bench(
                                                                duration_s, order)
                     next_code += c * py_stride
                     rates[path].append(rate)
-                    if path in ("target", "green"):
+                    if path == ("green" if exchange else "target"):
                         totals["harness_ops"] += ops
                     totals["harness_errors"] += errors
                     if note:
