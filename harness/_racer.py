@@ -83,7 +83,10 @@ def main() -> int:
     proto_in = sys.stdin.buffer
     lock = threading.Lock()
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
-    logging.getLogger("harness").propagate = False  # the targets warn on every lost race
+    # The targets warn on every lost race: formatting 15 events per code costs client CPU, and
+    # nobody reads them here (the scan judges a target's logs, not the race).
+    logging.getLogger("harness").setLevel(logging.ERROR)
+    logging.getLogger("harness").propagate = False
     first = receive(proto_in)
     if first is None or first[0] != "spec":
         return 2
@@ -105,7 +108,7 @@ def run(spec: Any, racer_ids: list[int], proto_in: IO[bytes], proto_out: IO[byte
     from psycopg import conninfo
 
     from harness.database import Database
-    from harness.history import Op
+    from harness.history import Op, OpFields, op_fields
     from harness.race import attempt, is_serialization_failure, race_code
     from harness.targets import load_target
 
@@ -117,11 +120,13 @@ def run(spec: Any, racer_ids: list[int], proto_in: IO[bytes], proto_out: IO[byte
             url = conninfo.make_conninfo(spec.url, application_name=spec.app_name)
             # No check on checkout: a connection the nemesis killed must fail its attempt (an
             # indeterminate op, as a real client would see it), not be quietly replaced.
-            db = Database(url, pool_size=len(racer_ids) + 1, pool_timeout_s=10,
-                          check_on_checkout=False)
+            # One connection per racer thread, kept: a pool checkout costs more client CPU than
+            # the statement, and the CPU is the server's too on a small machine. No check on
+            # checkout either: a connection the nemesis killed must fail its attempt.
+            db = Database(url, pinned=True)
             target = load_target(spec.target, db, pepper=spec.pepper, **spec.target_options())
-            with db.write_pool.connection(), db.read_pool.connection():
-                pass  # connected before the first barrier, as pgbench connects before its clock
+            with db.write_pool.connection():
+                pass  # the database answers: a setup error now, not 16 failed attempts later
     except Exception as exc:
         send(proto_out, lock, ("error", f"racer setup failed: {type(exc).__name__}: "
                                         f"{str(exc).splitlines()[0] if str(exc) else ''}"))
@@ -148,13 +153,16 @@ def run(spec: Any, racer_ids: list[int], proto_in: IO[bytes], proto_out: IO[byte
             return target.validate_authorization_code(race_code(spec.seed, i), spec.client,
                                                       spec.redirect_uri)
 
-    buffer: list[Op] = []
+    # Plain tuples, not Op objects: smaller and quicker to pickle, and the parent rebuilds each op
+    # once anyway, sharing its strings and value dicts (``OpInterner``).
+    buffer: list[OpFields] = []
     buffer_lock = threading.Lock()
     stop = threading.Event()
 
     def record(op: Op) -> None:
+        fields = op_fields(op)
         with buffer_lock:
-            buffer.append(op)
+            buffer.append(fields)
 
     def flush() -> None:
         with buffer_lock:
@@ -173,9 +181,17 @@ def run(spec: Any, racer_ids: list[int], proto_in: IO[bytes], proto_out: IO[byte
     release = threading.Barrier(local + 1)
 
     def racer(process: int) -> None:
+        # This racer's own connection (or keep-alive HTTP connection), opened before the first
+        # barrier, as pgbench connects before its clock starts.
         warm_up = getattr(target, "warm_up", None)
         if callable(warm_up):
-            warm_up()  # this racer's keep-alive connection, opened before the first barrier
+            warm_up()
+        if db is not None:
+            try:
+                with db.write_pool.connection():
+                    pass
+            except Exception:  # the first attempt meets the same fault and records it
+                pass
         for i in range(spec.codes):
             try:
                 arrive.wait()

@@ -36,6 +36,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -46,6 +47,7 @@ import psycopg
 from psycopg import conninfo, pq
 
 from harness.at_rest import hash_at_rest
+from harness.cpu import children_cpu_s, find_postmaster, process_cpu_s, server_cpu_s
 from harness.database import Database
 from harness.errors import SetupError
 from harness.race import REDIRECT_URI, race_code
@@ -54,6 +56,8 @@ from harness.sut.claims import ATOMIC_SQL
 
 #: Codes per second and segment seeded for pgbench at most (it reached ~16k here at 16 clients).
 DEFAULT_MAX_RATE = 30_000
+#: Every how many ops a client keeps a latency (p50/p99 from a sample, not from every op).
+LATENCY_SAMPLE = 10
 #: pgbench's codes are its segment's prefix and a number from here: all numbers of one width,
 #: so text order is numeric order and each pgbench client walks neighbouring index keys.
 PGBENCH_BASE = 10**15
@@ -155,17 +159,18 @@ def _started_together(barrier: Any, results: Any) -> bool:
     try:
         barrier.wait(60)
     except Exception:
-        results.put((0, 0, 0.0, "start barrier broken"))
+        results.put((0, 0, 0.0, "start barrier broken", 0.0, []))
         return False
     return True
 
 
 def _report(results: Any, ok: int, errors: int, elapsed: float, *, ran_out: bool,
-            first_error: str) -> None:
-    """Send one client's (ok, refused, seconds, notes) back to the parent."""
+            first_error: str, cpu_s: float, latencies_us: list[int]) -> None:
+    """Send one client's (ok, refused, seconds, notes, CPU seconds on the clock, latency sample) back."""
     notes = ["ran out of codes" if ran_out else "",
              f"{errors} refused, first: {first_error}" if errors else ""]
-    results.put((ok, errors, elapsed, "; ".join(filter(None, notes))))
+    results.put((ok, errors, elapsed, "; ".join(filter(None, notes)), cpu_s,
+                 latencies_us[::LATENCY_SAMPLE]))
 
 
 def _bench_process(url: str, pepper: str, seed: str, path: str, client: str, indices: list[int],
@@ -178,30 +183,33 @@ def _bench_process(url: str, pepper: str, seed: str, path: str, client: str, ind
     connection (the statement alone, as pgbench runs it). ``client`` is the
     run's client, which owns the codes.
     """
-    from harness.database import connect
+    from harness.database import Database
     from harness.sut.claims import claim
     from harness.targets import load_target
 
     try:
-        db = connect(url, migrate=False, pool_size=2)
+        db = Database(url, pinned=True)  # one connection, kept, as a pgbench client's
         target = load_target("faithful", db, pepper=pepper)
         conn = db.connect()
         with db.write_pool.connection(), db.read_pool.connection():
             pass  # connect before the clock starts, as pgbench does
     except Exception as exc:
         barrier.abort()
-        results.put((0, 0, 0.0, f"setup failed: {exc}"))
+        results.put((0, 0, 0.0, f"setup failed: {exc}", 0.0, []))
         return
     if not _started_together(barrier, results):
         return
     ok = errors = 0
     first_error = ""
+    cpu = process_cpu_s()
     started = time.monotonic()
     deadline = started + duration_s
     n, end = 0, len(indices)
+    latencies: list[int] = []
     while n < end and time.monotonic() < deadline:
         code = race_code(seed, indices[n])
         n += 1
+        began = time.perf_counter_ns()
         try:
             if path == "target":
                 target.validate_authorization_code(code, client, REDIRECT_URI)
@@ -213,10 +221,13 @@ def _bench_process(url: str, pepper: str, seed: str, path: str, client: str, ind
         except Exception as exc:
             errors += 1
             first_error = first_error or f"{type(exc).__name__}: {exc}"
+        latencies.append((time.perf_counter_ns() - began) // 1000)
     elapsed = time.monotonic() - started
+    cpu = process_cpu_s() - cpu
     conn.close()
     db.close()
-    _report(results, ok, errors, elapsed, ran_out=n >= end, first_error=first_error)
+    _report(results, ok, errors, elapsed, ran_out=n >= end, first_error=first_error, cpu_s=cpu,
+            latencies_us=latencies)
 
 
 _PREPARED = b"claimcheck_claim"
@@ -241,7 +252,7 @@ def _mux_process(url: str, pepper: str, seed: str, slices: list[list[int]], dura
                 raise SetupError(prepared.get_error_message())
     except Exception as exc:
         barrier.abort()
-        results.put((0, 0, 0.0, f"setup failed: {exc}"))
+        results.put((0, 0, 0.0, f"setup failed: {exc}", 0.0, []))
         return
     selector = selectors.DefaultSelector()
     position = [0] * len(slices)
@@ -251,12 +262,17 @@ def _mux_process(url: str, pepper: str, seed: str, slices: list[list[int]], dura
         return
     ok = errors = 0
     first_error = ""
+    cpu = process_cpu_s()
     started = time.monotonic()
     deadline = started + duration_s
+
+    sent_ns = [0] * len(slices)
+    latencies: list[int] = []
 
     def send(i: int) -> bool:
         if position[i] >= len(slices[i]) or time.monotonic() >= deadline:
             return False
+        sent_ns[i] = time.perf_counter_ns()
         k = slices[i][position[i]]
         position[i] += 1
         pg = conns[i].pgconn
@@ -274,6 +290,7 @@ def _mux_process(url: str, pepper: str, seed: str, slices: list[list[int]], dura
             while not pg.is_busy():
                 result = pg.get_result()
                 if result is None:  # this claim is done: send the next one
+                    latencies.append((time.perf_counter_ns() - sent_ns[i]) // 1000)
                     in_flight -= 1
                     in_flight += send(i)
                     break
@@ -284,10 +301,43 @@ def _mux_process(url: str, pepper: str, seed: str, slices: list[list[int]], dura
                     first_error = first_error or (
                         result.get_error_message() or f"{result.ntuples} rows claimed")
     elapsed = time.monotonic() - started
+    cpu = process_cpu_s() - cpu
     for conn in conns:
         conn.close()
     out = any(position[i] >= len(slices[i]) for i in range(len(slices)))
-    _report(results, ok, errors, elapsed, ran_out=out, first_error=first_error)
+    _report(results, ok, errors, elapsed, ran_out=out, first_error=first_error, cpu_s=cpu,
+            latencies_us=latencies)
+
+
+@dataclass
+class Segment:
+    """What one timed segment of harness clients did: rate, counts, notes, their CPU on the clock."""
+
+    rate: float
+    ops: int
+    errors: int
+    note: str
+    client_cpu_s: float
+    latencies_us: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Spent:
+    """CPU seconds of both sides over a path's segments, and the ops they did."""
+
+    ops: int = 0
+    client_s: float = 0.0
+    server_s: float = 0.0
+    server_known: bool = True
+
+
+def _spent(cpu: dict[str, _Spent], name: str, ops: int, client_s: float,
+           server_s: float | None) -> None:
+    acc = cpu.setdefault(name, _Spent())
+    acc.ops += ops
+    acc.client_s += client_s
+    acc.server_s += server_s or 0.0
+    acc.server_known = acc.server_known and server_s is not None
 
 
 #: gevent patched before psycopg is imported, then the green bench process runs.
@@ -296,7 +346,7 @@ _GREEN_BOOT = ("from gevent import monkey; monkey.patch_all(); import runpy; "
 
 
 def _run_green(url: str, pepper: str, seed: str, client: str, clients: int, duration_s: float,
-               order: list[int], operation: str) -> tuple[float, int, int, str, list[int]]:
+               order: list[int], operation: str, endpoint: str | None = None) -> Segment:
     """The repository path multiplexed: one process per core, one greenlet (and connection) per client."""
     import json
 
@@ -323,7 +373,8 @@ def _run_green(url: str, pepper: str, seed: str, client: str, clients: int, dura
             assert proc.stdin is not None
             proc.stdin.write(json.dumps({"url": url, "pepper": pepper, "seed": seed, "client": client,
                                          "redirect_uri": REDIRECT_URI, "slices": slices[w::workers],
-                                         "duration_s": duration_s, "operation": operation}) + "\n")
+                                         "duration_s": duration_s, "operation": operation,
+                                         "endpoint": endpoint}) + "\n")
             proc.stdin.flush()
         for proc in procs:  # connected, every one, before the clock starts (pgbench's -c)
             if line_of(proc, 120, "did not connect").strip() != "ready":
@@ -347,12 +398,14 @@ def _run_green(url: str, pepper: str, seed: str, client: str, clients: int, dura
     rate = sum(o["ok"] / o["elapsed"] for o in outcomes if o["elapsed"] > 0)
     notes = sorted({o["note"] for o in outcomes if o["note"]})
     latencies = sorted(v for o in outcomes for v in o["latencies_us"])
-    return (rate, sum(o["ok"] for o in outcomes), sum(o["errors"] for o in outcomes),
-            "; ".join(f"green: {n}" for n in notes), latencies)
+    return Segment(rate, sum(o["ok"] for o in outcomes), sum(o["errors"] for o in outcomes),
+                   "; ".join(f"{'http' if endpoint else 'green'}: {n}" for n in notes),
+                   sum(o["cpu_s"] for o in outcomes),
+                   latencies)
 
 
 def _run_harness(url: str, pepper: str, seed: str, path: str, client: str, clients: int,
-                 duration_s: float, order: list[int]) -> tuple[float, int, int, str]:
+                 duration_s: float, order: list[int]) -> Segment:
     ctx = _context()
     barrier = ctx.Barrier(clients)
     results = ctx.Queue()
@@ -384,7 +437,24 @@ def _run_harness(url: str, pepper: str, seed: str, path: str, client: str, clien
     errors = sum(o[1] for o in outcomes)
     # Each client's rate over its own window (equal unless it ran out of codes), summed.
     rate = sum(o[0] / o[2] for o in outcomes if o[2] > 0)
-    return rate, ok, errors, "; ".join(f"{path}: {n}" for n in notes)
+    return Segment(rate, ok, errors, "; ".join(f"{path}: {n}" for n in notes),
+                   sum(o[4] for o in outcomes), [v for o in outcomes for v in o[5]])
+
+
+def _probe_endpoint(endpoint: str, code: str, client: str) -> None:
+    """Redeem one code stored here at ``endpoint``: a ``harness serve`` on this database and pepper."""
+    import httpx
+
+    try:
+        answer = httpx.post(f"{endpoint.rstrip('/')}/token", timeout=10, data={
+            "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI,
+            "client_id": client})
+    except httpx.HTTPError as exc:
+        raise SetupError(f"--endpoint {endpoint}: no answer ({type(exc).__name__})") from None
+    if answer.status_code != 200:
+        raise SetupError(f"--endpoint {endpoint}: a code stored in this database was refused "
+                         f"(HTTP {answer.status_code}); it must be `harness serve` on the same "
+                         "database and pepper")
 
 
 def _claimed(db: Database, client: str, prefix: str) -> int:
@@ -425,6 +495,7 @@ def bench(
     synchronous_commit: bool = True,
     progress: Callable[[str], None] | None = None,
     exchange: bool = False,
+    endpoint: str | None = None,
 ) -> pd.DataFrame:
     """One row per client count: pgbench tps, harness ops/s per path, and the ratios.
 
@@ -441,10 +512,17 @@ def bench(
     """
     counts = list(clients)
     paths = list(paths)
+    if endpoint is not None and not exchange:
+        raise SetupError("--endpoint: a token endpoint runs the whole exchange; add --exchange")
     if exchange:
         # The whole exchange: pgbench runs the port's three statements as one script, the harness
-        # its real exchange_code; the bare-claim paths have no exchange to compare.
-        paths = ["green"]
+        # its real exchange_code (and, given an endpoint, the same over HTTP); the bare-claim
+        # paths have no exchange to compare.
+        paths = [p for p in paths if p in ("green", "http")] or ["green"]
+        if endpoint is not None and "http" not in paths:
+            paths.append("http")
+    if "http" in paths and endpoint is None:
+        raise SetupError("the http path needs --endpoint (a `harness serve` on this database)")
     if not counts or min(counts) < 1:
         raise SetupError("--clients needs positive client counts")
     if duration_s <= 0 or rounds < 1:
@@ -456,17 +534,24 @@ def bench(
         db.url, options="-c synchronous_commit=off")
     # Opened before anything is written, closed in the finally below: every row of the run goes.
     scope = RunScope(db, "bench")
+    postmaster = find_postmaster(db)
     rows = []
     next_code = 0
     segment = 0
     try:
         client, user = scope.party("bench", "bench-user")
+        if endpoint is not None:
+            _seed_harness_slice(db, client, user, pepper, seed, next_code, 1)
+            _probe_endpoint(endpoint, race_code(seed, next_code), client)
+            next_code += 1
         for c in counts:
             rates: dict[str, list[float]] = {"pgbench": [], **{p: [] for p in paths}}
             totals = {"pgbench_transactions": 0, "pgbench_claimed": 0, "harness_ops": 0,
                       "harness_errors": 0}
             notes: list[str] = []
             latencies: dict[str, list[int]] = {}
+            # CPU seconds and ops per side, for the µs-per-op columns: where the time goes.
+            cpu: dict[str, _Spent] = {}
             for _ in range(rounds):
                 stride = math.ceil(_cap(c, synchronous_commit) * duration_s / c) + 1
                 # A prefix per segment (ends in "-", so none is another's prefix): its codes are
@@ -477,9 +562,14 @@ def bench(
                 _checkpoint(db)
                 if progress is not None:
                     progress(f"pgbench, {c} clients")
+                client_before, server_before = children_cpu_s(), server_cpu_s(postmaster)
                 tps, processed, _cmd = _run_pgbench(pgbench, url, prefix, c, duration_s,
                                                     PGBENCH_BASE, stride, exchange=exchange,
                                                     client=client, user=user)
+                server_after = server_cpu_s(postmaster)
+                _spent(cpu, "pgbench", processed, children_cpu_s() - client_before,
+                      None if server_before is None or server_after is None
+                      else server_after - server_before)
                 claimed = _claimed(db, client, prefix)
                 if claimed < processed:
                     notes.append("pgbench ran out of codes")
@@ -495,23 +585,25 @@ def bench(
                     _checkpoint(db)
                     if progress is not None:
                         progress(f"harness {path}, {c} clients")
-                    if path == "green":
-                        rate, ops, errors, note, lat = _run_green(
-                            url, pepper, seed, client, c, duration_s, order,
-                            "exchange" if exchange else "validate")
-                        latencies.setdefault(path, []).extend(lat)
-                    elif exchange:
-                        raise SetupError("with --exchange only the target and green paths run")
+                    server_before = server_cpu_s(postmaster)
+                    if path in ("green", "http"):
+                        done = _run_green(url, pepper, seed, client, c, duration_s, order,
+                                          "exchange" if exchange else "validate",
+                                          endpoint if path == "http" else None)
                     else:
-                        rate, ops, errors, note = _run_harness(url, pepper, seed, path, client, c,
-                                                               duration_s, order)
+                        done = _run_harness(url, pepper, seed, path, client, c, duration_s, order)
+                    latencies.setdefault(path, []).extend(done.latencies_us)
+                    server_after = server_cpu_s(postmaster)
+                    _spent(cpu, "harness" if path == "target" else path, done.ops, done.client_cpu_s,
+                          None if server_before is None or server_after is None
+                          else server_after - server_before)
                     next_code += c * py_stride
-                    rates[path].append(rate)
+                    rates[path].append(done.rate)
                     if path == ("green" if exchange else "target"):
-                        totals["harness_ops"] += ops
-                    totals["harness_errors"] += errors
-                    if note:
-                        notes.append(note)
+                        totals["harness_ops"] += done.ops
+                    totals["harness_errors"] += done.errors
+                    if done.note:
+                        notes.append(done.note)
             pg = sum(rates["pgbench"]) / rounds
             row: dict[str, Any] = {"clients": c, "pgbench_tps": round(pg)}
             for path in paths:
@@ -522,10 +614,16 @@ def bench(
                     round(mean / pg, 2) if pg else 0.0)
             for path, values in latencies.items():
                 values.sort()
+                path = "harness" if path == "target" else path
                 if values:
                     row[f"{path}_p50_ms"] = round(values[len(values) // 2] / 1000, 2)
                     row[f"{path}_p99_ms"] = round(values[min(len(values) - 1, len(values) * 99 // 100)]
                                                   / 1000, 2)
+            for name, acc in cpu.items():
+                # CPU µs per op on each side; the two sides share the machine's cores.
+                row[f"{name}_client_us"] = round(acc.client_s / acc.ops * 1e6) if acc.ops else None
+                row[f"{name}_server_us"] = (round(acc.server_s / acc.ops * 1e6)
+                                            if acc.ops and acc.server_known else None)
             row.update(totals)
             row.update({"operation": "exchange" if exchange else "claim",
                         "rounds": rounds, "duration_s": duration_s,

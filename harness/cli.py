@@ -37,7 +37,19 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option), if there is one."""
+    names = {info.name for info in pkgutil.iter_modules(commands.__path__)}
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in names else None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv`` naming a subcommand, only that subcommand's module is imported.
+
+    A race of 64 racers × 10,000 codes keeps its whole history in the parent: the other
+    commands' imports (pandas and the rest, ~45 MB) have no business in that process.
+    """
     parser = argparse.ArgumentParser(
         prog="harness",
         description="claimcheck: examine OAuth 2.0 authorization-code persistence on PostgreSQL.",
@@ -46,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show the targets' warning events on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    only = _named_command(argv) if argv is not None else None
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"harness.commands.{info.name}")
-        module.register(sub)
+        if only is None or info.name == only:
+            module = importlib.import_module(f"harness.commands.{info.name}")
+            module.register(sub)
     return parser
 
 
@@ -84,7 +98,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         _check_text(argv)
     except SetupError as exc:

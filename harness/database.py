@@ -5,13 +5,16 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from importlib.resources import files
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import conninfo
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from harness.embedded import EmbeddedServer
@@ -128,6 +131,61 @@ def schema_statements() -> list[str]:
             for stmt in statements]
 
 
+class Pool(Protocol):
+    """What the targets draw connections from: a ``psycopg_pool.ConnectionPool`` or ``PinnedConnections``."""
+
+    def connection(self, timeout: float | None = None) -> AbstractContextManager[psycopg.Connection[Any]]:
+        ...
+
+
+class PinnedConnections:
+    """One connection per thread (or greenlet), kept for the thread's life: a pgbench client's.
+
+    For racers and benchmark clients, which each run one call at a time for a whole run: drawing a
+    connection from ``psycopg_pool`` and returning it costs more client CPU than the short statement
+    it carries (locks, a health-check round trip), and on 2 cores that CPU is taken from the server
+    being measured. Offers the one method the targets use, ``connection()``. A connection that is
+    closed or broken (a terminated backend) is replaced at the next checkout, not before: the
+    attempt that met the fault fails as a real client's would.
+    """
+
+    def __init__(self, url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        self.url = url
+        self._timeout = connect_timeout_s
+        self._local = threading.local()  # greenlet-local once gevent has patched threading
+        self._lock = threading.Lock()
+        self._all: list[psycopg.Connection[Any]] = []
+        self._closed = False
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            if self._closed:
+                raise SetupError("the connections are closed")
+            conn = psycopg.connect(self.url, autocommit=True,
+                                   connect_timeout=max(1, round(timeout or self._timeout)))
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        try:
+            yield conn
+        finally:
+            # As psycopg_pool does on return: never hand on a connection inside a transaction.
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    conn.close()
+
+    def close(self, timeout: float | None = None) -> None:
+        self._closed = True
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+
+
 class Database:
     """A database with the seed's schema; ``read_pool`` / ``write_pool`` are the seed's two pools.
 
@@ -147,6 +205,7 @@ class Database:
         pool_size: int = 32,
         pool_timeout_s: float = POOL_TIMEOUT_S,
         check_on_checkout: bool = True,
+        pinned: bool = False,
     ) -> None:
         self.url = url
         self.embedded = embedded
@@ -155,6 +214,8 @@ class Database:
         self._pool_size = pool_size
         self._pool_timeout_s = pool_timeout_s
         self._check_on_checkout = check_on_checkout
+        #: ``pinned``: both pools are one ``PinnedConnections`` (one connection per thread).
+        self._pinned = PinnedConnections(url) if pinned else None
         self._read_pool: ConnectionPool | None = None
         self._write_pool: ConnectionPool | None = None
         self._closed = False
@@ -199,16 +260,20 @@ class Database:
         return pool
 
     @property
-    def read_pool(self) -> ConnectionPool:
+    def read_pool(self) -> Pool:
         """The seed's ``pool_ref()``: lookups."""
+        if self._pinned is not None:
+            return self._pinned
         with self._pool_lock:  # racers reach for the pool at the same instant
             if self._read_pool is None:
                 self._read_pool = self._pool("read")
             return self._read_pool
 
     @property
-    def write_pool(self) -> ConnectionPool:
+    def write_pool(self) -> Pool:
         """The seed's ``write_pool_ref()``: inserts, claims, deletes."""
+        if self._pinned is not None:
+            return self._pinned
         with self._pool_lock:
             if self._write_pool is None:
                 self._write_pool = self._pool("write")
@@ -299,6 +364,8 @@ class Database:
         if self._closed:
             return
         self._closed = True
+        if self._pinned is not None:
+            self._pinned.close()
         for pool in (self._read_pool, self._write_pool):
             if pool is not None:
                 pool.close(timeout=2)

@@ -12,11 +12,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from conftest import harness_serve
 
 from harness.bench import PGBENCH_BASE, bench, find_pgbench, pgbench_script
+from harness.cpu import find_postmaster
 from harness.database import Database
+from harness.errors import SetupError
 from harness.scope import PREFIX, open_scopes
 from harness.sut.claims import ATOMIC_SQL
 
@@ -59,6 +63,12 @@ def test_bench_both_sides_ran_and_claimed_distinct_codes(db: Database, pepper: s
     # Every pgbench transaction claimed a code of its own, and no harness claim was refused.
     assert row.pgbench_claimed == row.pgbench_transactions > 0, row.to_dict()
     assert row.harness_errors == 0 and row.harness_ops > 0
+    # Where the time goes: CPU µs per op of each side, measured for every path of the segment.
+    local = find_postmaster(db) is not None
+    for name in ("pgbench", "harness", "claim", "mux", "green"):
+        assert row[f"{name}_client_us"] > 0, name
+        if local:  # the embedded server: its backends' CPU is readable from /proc
+            assert row[f"{name}_server_us"] > 0, name
     assert _harness_rows(db) == 0  # the bench cleans up after itself
 
 
@@ -177,3 +187,38 @@ def test_bench_cli_bad_arguments_exit_2_with_one_line(args: list[str], message: 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert done.stdout == ""
+
+
+def test_the_whole_exchange_in_process_and_over_http_against_pgbench(
+        db: Database, pepper: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HARNESS_DATABASE_URL", "DATABASE_URL", "HARNESS_TARGET", "HARNESS_AT_REST_PEPPER")}
+    env.update(HARNESS_DATABASE_URL=db.url, HARNESS_AT_REST_PEPPER=pepper)
+    with harness_serve("--target", "faithful", env=env, logs=tmp_path / "serve") as served:
+        frame = bench(db, clients=[2], duration_s=1, pepper=pepper, exchange=True,
+                      endpoint=served.base)
+    row = frame.iloc[0]
+    assert row.operation == "exchange"
+    # pgbench ran the port's three statements; the harness its exchange_code, in process and
+    # through the token endpoint of `harness serve`, each code redeemed once, none refused.
+    assert row.pgbench_claimed == row.pgbench_transactions > 0, row.to_dict()
+    assert row.green_ops_per_s > 0 and row.http_ops_per_s > 0
+    assert row.harness_errors == 0, row.note
+    for path in ("green", "http"):
+        assert 0 < row[f"{path}_p50_ms"] <= row[f"{path}_p99_ms"]
+        assert row[f"{path}_client_us"] > 0
+    assert _harness_rows(db) == 0
+
+
+def test_an_endpoint_on_another_database_is_refused_before_the_clock(
+        db: Database, pepper: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HARNESS_DATABASE_URL", "DATABASE_URL", "HARNESS_TARGET", "HARNESS_AT_REST_PEPPER")}
+    # The same database, another pepper: the codes the bench stores are unknown to this server.
+    env.update(HARNESS_DATABASE_URL=db.url, HARNESS_AT_REST_PEPPER=pepper + "-other")
+    with harness_serve("--target", "faithful", env=env, logs=tmp_path / "serve") as served, \
+            pytest.raises(SetupError, match="refused"):
+        bench(db, clients=[1], duration_s=1, pepper=pepper, exchange=True, endpoint=served.base)
+    with pytest.raises(SetupError, match="--exchange"):
+        bench(db, clients=[1], duration_s=1, pepper=pepper, endpoint="http://127.0.0.1:9")
+    assert _harness_rows(db) == 0

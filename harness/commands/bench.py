@@ -66,7 +66,10 @@ def register(sub: Any) -> None:
                         "real exchange_code on the green path")
     parser.add_argument("--paths", default=None,
                         help="comma-separated harness paths: target, green, claim, mux "
-                        "(default all four; with --exchange, green)")
+                        "(default all four; with --exchange, green, and http given --endpoint)")
+    parser.add_argument("--endpoint", default=None, metavar="URL",
+                        help="with --exchange, also time the token endpoint of a `harness serve` "
+                        "on this database and pepper (e.g. http://127.0.0.1:8000): the http path")
     parser.add_argument("--pepper", default=None, help="at-rest pepper (default HARNESS_AT_REST_PEPPER)")
     parser.add_argument("--format", choices=["table", "md", "json"], default="table")
     parser.add_argument("--no-progress", action="store_true")
@@ -81,16 +84,19 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"harness bench: error: {exc}", file=sys.stderr)
         return 2
-    known = ("target", "green", "claim", "mux")
+    known = ("target", "green", "claim", "mux", "http")
     paths = [p.strip() for p in (args.paths or "").split(",") if p.strip()] or (
-        ["green"] if args.exchange else list(known))
+        ["green"] if args.exchange else list(known[:4]))
     unknown = [p for p in paths if p not in known]
     if unknown:
         raise SetupError(f"unknown bench path {unknown[0]!r}: use {', '.join(known)}")
     pepper = args.pepper or Settings.from_env().pepper
     if not pepper:
         raise SetupError("no pepper: set HARNESS_AT_REST_PEPPER or pass --pepper")
-    segments = len(clients) * rounds * (1 + (1 if args.exchange else len(paths)))
+    if args.endpoint is not None and not args.endpoint.startswith(("http://", "https://")):
+        raise SetupError(f"--endpoint must be an http(s) URL, got {args.endpoint!r}")
+    extra = 1 if args.exchange and args.endpoint and "http" not in paths else 0
+    segments = len(clients) * rounds * (1 + len(paths) + extra)
     with connect() as db, tqdm(total=segments, file=sys.stderr,
                                unit="segment", disable=args.no_progress) as bar:
         def step(what: str) -> None:
@@ -98,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
 
         frame = bench(db, clients=clients, duration_s=duration, pepper=pepper,
-                      rounds=rounds, paths=paths, exchange=args.exchange,
+                      rounds=rounds, paths=paths, exchange=args.exchange, endpoint=args.endpoint,
                       synchronous_commit=args.synchronous_commit == "on", progress=step)
     if args.format == "json":
         print(json.dumps(frame.to_dict(orient="records"), indent=2))
