@@ -9,9 +9,14 @@ rest, pool, the same statement, the checks); as ``claim``, through
 ``harness.sut.claims.claim`` alone (the digest and the statement on one
 blocking connection per process); as ``mux``, the same digest and statement
 sent without blocking from one process per core, each driving its share of
-the connections as pgbench's ``-j`` threads do. ``ratio`` is the target
+the connections as pgbench's ``-j`` threads do; as ``green``, the target's
+path again with one greenlet per client and one process per core. With
+``exchange``, pgbench runs the port's three statements and the harness its
+``exchange_code``, in process (``green``) and, given an ``endpoint``, through
+the token endpoint of a ``harness serve`` (``http``). ``ratio`` is the target
 path's ops/s over pgbench's transactions/s (DESIGN.md "Performance": the
-goal is ≥ 0.9); ``claim_ratio`` and ``mux_ratio`` likewise.
+goal is ≥ 0.9); ``claim_ratio`` and the others likewise. Every row also has
+each side's CPU µs per op (``harness.cpu``) and p50/p99 latencies.
 
 Every row the bench writes belongs to its run (DESIGN.md, "Someone else's
 database"): a client and a user named ``cc-<run id>-…`` by

@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from harness.checkers import Result, overlap, single_winner
+from harness.cpu import find_postmaster, process_cpu_s, server_cpu_s
 from harness.database import Database
 from harness.errors import InternalError, SetupError
 from harness.history import History, Op, OpInterner, classify
@@ -262,6 +263,8 @@ class _Worker:
     ready: bool = False
     done: bool = False
     alive: bool = True
+    #: CPU seconds the process spent racing, as it reported when done.
+    cpu_s: float = 0.0
 
     @property
     def name(self) -> str:
@@ -321,12 +324,14 @@ def race_processes(
     timeout_s: float = 600.0,
     mint: Callable[[int], dict[str, Any]] | None = None,
     won: dict[int, list[dict[str, str]]] | None = None,
+    postmaster: int | None = None,
 ) -> RaceReport:
     """Race ``spec.racers`` racers over ``spec.codes`` stored codes from ``processes`` OS processes.
 
     Over HTTP (``spec.kind == "http"``), ``mint(i)`` obtains code *i* (and its verifier) just before
     it is released, and ``won`` collects the raw tokens each win returned, for probing afterwards
-    (kept in memory only, never in the history).
+    (kept in memory only, never in the history). ``postmaster``: the pid of the PostgreSQL server
+    on this machine (``harness.cpu.find_postmaster``), whose CPU then shows in ``stats["cpu"]``.
 
     Codes must already be stored (``seed_codes``). ``progress`` is called with
     the number of codes every racer has finished. Every wait is bounded: the
@@ -385,6 +390,8 @@ def race_processes(
             errors.append(str(message[1]))
         elif kind == "done":
             worker.done = True
+            if len(message) > 2:
+                worker.cpu_s = float(message[2])
 
     def lost(worker: _Worker) -> None:
         worker.alive = False
@@ -410,6 +417,7 @@ def race_processes(
             else:
                 handle(worker, message)
 
+    parent_cpu, server_cpu = process_cpu_s(), server_cpu_s(postmaster)
     try:
         while not all(w.done or not w.alive for w in workers):
             remaining = deadline - time.monotonic()
@@ -471,6 +479,18 @@ def race_processes(
         "errors": errors,
         "interrupted": interrupted,
         "incomplete": finished < spec.codes or bool(errors),
+    }
+    server_after = server_cpu_s(postmaster)
+    racers_s = sum(w.cpu_s for w in workers)
+    parent_s = process_cpu_s() - parent_cpu
+    server_s = None if server_cpu is None or server_after is None else server_after - server_cpu
+    attempts = counts["invoke"]
+    # Where the time went: on a small machine the racers, this process and the server share the
+    # cores, so these bound the rate (README, "Performance").
+    stats["cpu"] = {
+        "racers_s": racers_s, "parent_s": parent_s, "server_s": server_s,
+        "client_us_per_attempt": (racers_s + parent_s) / attempts * 1e6 if attempts else None,
+        "server_us_per_attempt": server_s / attempts * 1e6 if attempts and server_s is not None else None,
     }
     if nemesis is not None:
         stats["nemesis"] = nemesis_stats
@@ -595,7 +615,8 @@ def race(
         fault = make_nemesis(db, nemesis, spec.app_name)
         try:
             report = race_processes(spec, processes=processes or default_processes(racers),
-                                    progress=progress, nemesis=fault, timeout_s=timeout_s)
+                                    progress=progress, nemesis=fault, timeout_s=timeout_s,
+                                    postmaster=find_postmaster(db))
         except RaceInterrupted as stopped:
             _describe(stopped.report, repo, spec, name, strategy, isolation)
             raise

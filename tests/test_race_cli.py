@@ -49,6 +49,11 @@ def test_faithful_passes_with_measured_overlap(database: Database) -> None:
     assert ops["ok"] == 60 and doc["single_winner"]["double_wins"] == 0
     assert doc["attempts_per_s"] > 0 and doc["codes_per_s"] > 0
     assert doc["double_won"] == [] and doc["no_winner"] == []
+    # Where the time went: every racer process reported its CPU, and the server (on this
+    # machine, found through a backend's parent) its own.
+    cpu = doc["cpu"]
+    assert cpu["racers_s"] > 0 and cpu["parent_s"] > 0 and cpu["client_us_per_attempt"] > 0
+    assert cpu["server_s"] > 0 and cpu["server_us_per_attempt"] > 0
 
 
 def test_naive_fails_and_lists_the_double_won_codes(database: Database) -> None:

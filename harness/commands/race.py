@@ -95,6 +95,7 @@ def summarise(report: RaceReport, status: str) -> dict[str, Any]:
         "after_race": s.get("after_race"),
         "tokens_returned": s.get("tokens_returned"),
         "tokens_committed": s.get("tokens_committed"),
+        "cpu": s.get("cpu"),
         "errors": s["errors"],
         "verdict": status,
     }
@@ -119,6 +120,15 @@ def _table(doc: dict[str, Any]) -> str:
         f"single winner {sw['keys']} codes: {sw['double_wins']} double wins, {sw['no_winner']} "
         f"without a winner, {sw['keys_indeterminate']} indeterminate",
     ]
+    cpu = doc.get("cpu")
+    if cpu and cpu.get("client_us_per_attempt") is not None:
+        server = (f", server {cpu['server_s']:.1f} s" if cpu.get("server_s") is not None
+                  else ", server elsewhere")
+        per = (f"{cpu['client_us_per_attempt']:.0f} µs client"
+               + (f" + {cpu['server_us_per_attempt']:.0f} µs server"
+                  if cpu.get("server_us_per_attempt") is not None else ""))
+        lines.append(f"cpu          racers {cpu['racers_s']:.1f} s, this process "
+                     f"{cpu['parent_s']:.1f} s{server}: {per} per attempt")
     if doc["nemesis"]:
         n = doc["nemesis"]
         lines.append(f"nemesis      {n['fault']}: {n['injected']} faults injected, {n['failed']} "
