@@ -26,6 +26,9 @@ def main() -> int:
     import gevent.event
     import httpx
 
+    from harness import green
+
+    green.install()
     from harness.database import Database
     from harness.race import race_code
     from harness.targets import load_target

@@ -75,6 +75,9 @@ def _die_with_parent() -> None:
 
 
 def main() -> int:
+    from harness import green
+
+    green.install()  # racers as greenlets (HARNESS_RACERS=gevent): the cheaper psycopg wait
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates an interrupt
     # The protocol owns the original stdout; anything the target prints goes to stderr.
