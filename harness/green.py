@@ -10,6 +10,7 @@ processes, the green bench, Locust workers). It changes nothing about what is se
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Generator
 from typing import Any
 
@@ -54,11 +55,9 @@ def install() -> bool:
     Returns whether it is installed. Without gevent's patches it does nothing: psycopg's own C
     wait is then the right one.
     """
-    try:
-        from gevent import monkey
-    except ImportError:
-        return False
-    if not monkey.is_module_patched("select"):
+    # Not imported means not patched: a thread racer need not pay for importing gevent.
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("select"):
         return False
     import psycopg.waiting
 
