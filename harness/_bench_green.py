@@ -27,12 +27,11 @@ def main() -> int:
     import httpx
 
     from harness import green
-
-    green.install()
     from harness.database import Database
     from harness.race import race_code
     from harness.targets import load_target
 
+    green.install()
     spec: dict[str, Any] = json.loads(sys.stdin.readline())
     slices: list[list[int]] = spec["slices"]
     db = Database(spec["url"], pinned=True)  # one connection per greenlet, as pgbench's clients
@@ -85,6 +84,7 @@ def main() -> int:
                 raise RuntimeError(f"HTTP {answer.status_code} {answer.text[:80]}")
 
         return post
+
     clients = [gevent.spawn(client_loop, s) for s in slices]
     connecting = time.monotonic() + 60
     while len(connected) < len(slices) and time.monotonic() < connecting:

@@ -121,11 +121,10 @@ def run(spec: Any, racer_ids: list[int], proto_in: IO[bytes], proto_out: IO[byte
             target = load_target(spec.target, None)  # an endpoint description: no database
         else:
             url = conninfo.make_conninfo(spec.url, application_name=spec.app_name)
-            # No check on checkout: a connection the nemesis killed must fail its attempt (an
-            # indeterminate op, as a real client would see it), not be quietly replaced.
             # One connection per racer thread, kept: a pool checkout costs more client CPU than
             # the statement, and the CPU is the server's too on a small machine. No check on
-            # checkout either: a connection the nemesis killed must fail its attempt.
+            # checkout: a connection the nemesis killed must fail its attempt (an indeterminate
+            # op, as a real client would see it), not be quietly replaced.
             db = Database(url, pinned=True)
             target = load_target(spec.target, db, pepper=spec.pepper, **spec.target_options())
             with db.write_pool.connection():

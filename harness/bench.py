@@ -336,6 +336,11 @@ class _Spent:
     server_known: bool = True
 
 
+def _column(path: str) -> str:
+    """A path's column prefix: the repository path is ``harness_*`` (and its ratio ``ratio``)."""
+    return "harness" if path == "target" else path
+
+
 def _spent(cpu: dict[str, _Spent], name: str, ops: int, client_s: float,
            server_s: float | None) -> None:
     acc = cpu.setdefault(name, _Spent())
@@ -599,7 +604,7 @@ def bench(
                         done = _run_harness(url, pepper, seed, path, client, c, duration_s, order)
                     latencies.setdefault(path, []).extend(done.latencies_us)
                     server_after = server_cpu_s(postmaster)
-                    _spent(cpu, "harness" if path == "target" else path, done.ops, done.client_cpu_s,
+                    _spent(cpu, _column(path), done.ops, done.client_cpu_s,
                           None if server_before is None or server_after is None
                           else server_after - server_before)
                     next_code += c * py_stride
@@ -613,17 +618,16 @@ def bench(
             row: dict[str, Any] = {"clients": c, "pgbench_tps": round(pg)}
             for path in paths:
                 mean = sum(rates[path]) / rounds
-                name = "harness" if path == "target" else path
+                name = _column(path)
                 row[f"{name}_ops_per_s"] = round(mean)
                 row["ratio" if path == "target" else f"{name}_ratio"] = (
                     round(mean / pg, 2) if pg else 0.0)
             for path, values in latencies.items():
                 values.sort()
-                path = "harness" if path == "target" else path
                 if values:
-                    row[f"{path}_p50_ms"] = round(values[len(values) // 2] / 1000, 2)
-                    row[f"{path}_p99_ms"] = round(values[min(len(values) - 1, len(values) * 99 // 100)]
-                                                  / 1000, 2)
+                    row[f"{_column(path)}_p50_ms"] = round(values[len(values) // 2] / 1000, 2)
+                    row[f"{_column(path)}_p99_ms"] = round(
+                        values[min(len(values) - 1, len(values) * 99 // 100)] / 1000, 2)
             for name, acc in cpu.items():
                 # CPU µs per op on each side; the two sides share the machine's cores.
                 row[f"{name}_client_us"] = round(acc.client_s / acc.ops * 1e6) if acc.ops else None

@@ -137,16 +137,22 @@ class History:
         completions, then the invokes never completed.
         """
         open_ops: dict[int | str, Op] = {}
+        # An invoke followed by another of the same process never completed: indeterminate, as
+        # one still open at the end (dropping it would hide an attempt that may have happened).
+        superseded: list[Op] = []
         for op in self:
             if where is not None and not where(op):
                 continue
             if op.type == "invoke":
+                earlier = open_ops.get(op.process)
+                if earlier is not None:
+                    superseded.append(earlier)
                 open_ops[op.process] = op
             else:
                 inv = open_ops.pop(op.process, None)
                 if inv is not None:
                     yield inv, op
-        for inv in list(open_ops.values()):
+        for inv in [*superseded, *open_ops.values()]:
             yield inv, None
 
     def pairs(self) -> list[tuple[Op, Op | None]]:

@@ -86,9 +86,13 @@ def seed_codes(target: OAuthRepository, seed: str, codes: int, *, client: str = 
         return
     # Each store commits on its own; one at a time, 2,000 codes wait for 2,000 fsyncs (2 s on a
     # shared disk). A few at once share their commits (group commit) and the target is unchanged.
-    with ThreadPoolExecutor(SEED_THREADS, thread_name_prefix="seed") as pool:
+    pool = ThreadPoolExecutor(SEED_THREADS, thread_name_prefix="seed")
+    try:
         for _ in pool.map(store, range(codes)):
             pass
+    finally:
+        # On Ctrl-C or a failed store, the codes not yet started are dropped, not stored anyway.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def race_threads(

@@ -1129,8 +1129,14 @@ def _seed(run: Run, upto: int, spec: str) -> None:
 
     # A few stores at once share their commits (one fsync each, one at a time, was most of the
     # start of a run); imap keeps the order, so ``seeded`` only ever covers stored codes.
-    for i in gevent.pool.Pool(SEED_CONCURRENCY).imap(store, range(STATE.seeded, upto)):
-        STATE.seeded = i + 1
+    pool = gevent.pool.Pool(SEED_CONCURRENCY)
+    try:
+        for i in pool.imap(store, range(STATE.seeded, upto)):
+            STATE.seeded = i + 1
+    finally:
+        # The seeder killed at the end of a run takes its stores with it: none may write a code
+        # after the run's rows were removed.
+        pool.kill(block=True, timeout=5)
 
 
 def _seeder(run: Run, ahead: int, spec: str) -> None:

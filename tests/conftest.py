@@ -36,6 +36,16 @@ def embedded_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
+def harness_env(url: str, *, pepper: str | None = None) -> dict[str, str]:
+    """The environment of a harness process on the database ``url``, none of the caller's settings."""
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "HARNESS_DATABASE_URL", "DATABASE_URL", "HARNESS_TARGET", "HARNESS_AT_REST_PEPPER")}
+    env["HARNESS_DATABASE_URL"] = url
+    if pepper is not None:
+        env["HARNESS_AT_REST_PEPPER"] = pepper
+    return env
+
+
 def interrupt(proc: subprocess.Popen[Any], timeout: float) -> None:
     """Stop a server as Ctrl-C would; kill it only if it does not exit within ``timeout``."""
     proc.send_signal(signal.SIGINT)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import harness_serve
+from conftest import harness_env, harness_serve
 
 from harness.bench import PGBENCH_BASE, bench, find_pgbench, pgbench_script
 from harness.cpu import find_postmaster
@@ -191,10 +191,8 @@ def test_bench_cli_bad_arguments_exit_2_with_one_line(args: list[str], message: 
 
 def test_the_whole_exchange_in_process_and_over_http_against_pgbench(
         db: Database, pepper: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HARNESS_DATABASE_URL", "DATABASE_URL", "HARNESS_TARGET", "HARNESS_AT_REST_PEPPER")}
-    env.update(HARNESS_DATABASE_URL=db.url, HARNESS_AT_REST_PEPPER=pepper)
-    with harness_serve("--target", "faithful", env=env, logs=tmp_path / "serve") as served:
+    with harness_serve("--target", "faithful", env=harness_env(db.url, pepper=pepper),
+                       logs=tmp_path / "serve") as served:
         frame = bench(db, clients=[2], duration_s=1, pepper=pepper, exchange=True,
                       endpoint=served.base)
     row = frame.iloc[0]
@@ -212,10 +210,8 @@ def test_the_whole_exchange_in_process_and_over_http_against_pgbench(
 
 def test_an_endpoint_on_another_database_is_refused_before_the_clock(
         db: Database, pepper: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HARNESS_DATABASE_URL", "DATABASE_URL", "HARNESS_TARGET", "HARNESS_AT_REST_PEPPER")}
     # The same database, another pepper: the codes the bench stores are unknown to this server.
-    env.update(HARNESS_DATABASE_URL=db.url, HARNESS_AT_REST_PEPPER=pepper + "-other")
+    env = harness_env(db.url, pepper=pepper + "-other")
     with harness_serve("--target", "faithful", env=env, logs=tmp_path / "serve") as served, \
             pytest.raises(SetupError, match="refused"):
         bench(db, clients=[1], duration_s=1, pepper=pepper, exchange=True, endpoint=served.base)

@@ -24,7 +24,6 @@ tests start a real ``harness serve --port 0`` on the session's database.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -37,7 +36,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-from conftest import REDIRECT, Served, StoreCode, dump_all, harness_serve
+from conftest import REDIRECT, Served, StoreCode, dump_all, harness_env, harness_serve
 
 with warnings.catch_warnings():
     # Starlette 1.x nudges towards httpx2 for its test client; httpx (a dev dependency) still works.
@@ -565,11 +564,9 @@ def test_hardened_introspection_sees_a_revoked_family(
 
 
 def serve_env(database: Database, *, secret: str | None = SECRET) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HARNESS_DATABASE_URL", "DATABASE_URL", "HARNESS_TARGET", "HARNESS_AT_REST_PEPPER",
-                        CLIENT_SECRET_ENV, "CLAIMCHECK_SERVER")}
-    env["HARNESS_DATABASE_URL"] = database.url
-    env["HARNESS_AT_REST_PEPPER"] = TEST_PEPPER
+    env = harness_env(database.url, pepper=TEST_PEPPER)
+    for name in (CLIENT_SECRET_ENV, "CLAIMCHECK_SERVER"):
+        env.pop(name, None)
     if secret is not None:
         env[CLIENT_SECRET_ENV] = secret
     return env
